@@ -32,7 +32,15 @@ def test_overrides_reach_the_typed_tree():
 
 
 def test_cli_override_parsing():
-    argv = ["--ppo.kl_coef", "0.1", "--soup.beta=0.8", "--rewards.0.params.keywords", "[a, b]", "--model.name", "x"]
+    argv = [
+        "--ppo.kl_coef",
+        "0.1",
+        "--soup.beta=0.8",
+        "--rewards.0.params.keywords",
+        "[a, b]",
+        "--model.name",
+        "x",
+    ]
     assert parse_cli_overrides(argv) == {
         "ppo.kl_coef": 0.1,
         "soup.beta": 0.8,
@@ -65,7 +73,7 @@ def test_cli_override_parsing():
         ({"eval.grid_step": 0.3}, "eval.grid_step", "integer"),
         ({"ppo.mini_batch_size": 5}, "ppo.mini_batch_size", "must divide"),
         ({"distributed.num_workers": 0}, "distributed.num_workers", r"\[1, inf\)"),
-        ({"distributed.num_workers": 3}, "distributed.num_workers", "must divide"),
+        ({"distributed.num_workers": 3}, "distributed.num_workers", "must divide ppo.mini_batch_size"),
         ({"distributed.zero_stage": 4}, "distributed.zero_stage", r"\[0, 3\]"),
         ({"soup.morlhf_preferences": [[0.5, 0.6]]}, "soup.morlhf_preferences.0", "sum to 1"),
         ({"soup.morlhf_preferences": [[1.0]]}, "soup.morlhf_preferences.0", "2 objectives"),
@@ -114,7 +122,8 @@ def test_extends_merges_sections_and_replaces_lists(tmp_path):
         "rewards:\n  - {name: a, kind: length}\n  - {name: b, kind: length}\n"
     )
     (tmp_path / "child.yaml").write_text(
-        "extends: parent\nname: child\nppo: {steps: 9}\nrewards:\n  - {name: c, kind: length}\n  - {name: d, kind: length}\n"
+        "extends: parent\nname: child\nppo: {steps: 9}\n"
+        "rewards:\n  - {name: c, kind: length}\n  - {name: d, kind: length}\n"
     )
     child = load_recipe(tmp_path / "child.yaml")
     assert (child.name, child.ppo.steps, child.ppo.batch_size) == ("child", 9, 8)

@@ -173,7 +173,7 @@ class PPOConfig:
     vf_coef: float = _num(0.1, 0.0, None)
     max_grad_norm: float = _num(0.5, 0.0, None, lo_open=True)
     whiten_advantages: bool = True
-    missing_eos: Literal["keep", "penalize", "truncate"] = "keep"
+    missing_eos: Literal["truncate", "penalize"] = "truncate"  # score a cut-off response as is, or penalise
     missing_eos_penalty: float = -1.0
     checkpoint_every: int = _num(10, 1, None)
     seed: int = 0
@@ -268,7 +268,9 @@ class Recipe:
                 (f"soup.beta_candidates.{i}", b) for i, b in enumerate(self.soup.beta_candidates)
             ]:
                 if not (lo < b <= 1.0):
-                    raise ConfigError(path, f"β must lie in (1/n, 1] = ({lo:.4g}, 1] for n={n} objectives, got {b}")
+                    raise ConfigError(
+                        path, f"β must lie in (1/n, 1] = ({lo:.4g}, 1] for n={n} objectives, got {b}"
+                    )
         for i, mu in enumerate(self.soup.morlhf_preferences):
             path = f"soup.morlhf_preferences.{i}"
             if len(mu) != n:
@@ -276,20 +278,25 @@ class Recipe:
             if any(not math.isfinite(m) or m < 0 for m in mu) or abs(sum(mu) - 1.0) > 1e-6:
                 raise ConfigError(path, f"must be non-negative and sum to 1, got {mu}")
         if self.eval.ref_point is not None and len(self.eval.ref_point) != n:
-            raise ConfigError("eval.ref_point", f"has {len(self.eval.ref_point)} entries, need one per objective ({n})")
+            raise ConfigError(
+                "eval.ref_point", f"has {len(self.eval.ref_point)} entries, need one per objective ({n})"
+            )
         steps = 1.0 / self.eval.grid_step
         if abs(steps - round(steps)) > 1e-9:
-            raise ConfigError("eval.grid_step", f"1/grid_step must be an integer (e.g. 0.1, 0.25), got {self.eval.grid_step}")
+            raise ConfigError(
+                "eval.grid_step",
+                f"1/grid_step must be an integer (e.g. 0.1, 0.25), got {self.eval.grid_step}",
+            )
         if self.ppo.batch_size % self.ppo.mini_batch_size:
             raise ConfigError(
                 "ppo.mini_batch_size",
                 f"must divide ppo.batch_size ({self.ppo.batch_size}), got {self.ppo.mini_batch_size}",
             )
-        if self.ppo.batch_size % self.distributed.num_workers:
+        if self.ppo.mini_batch_size % self.distributed.num_workers:
             raise ConfigError(
                 "distributed.num_workers",
-                f"must divide ppo.batch_size ({self.ppo.batch_size}) so each worker gets whole rows, "
-                f"got {self.distributed.num_workers}",
+                f"must divide ppo.mini_batch_size ({self.ppo.mini_batch_size}) so each worker gets "
+                f"whole rows of every minibatch, got {self.distributed.num_workers}",
             )
         m = self.model
         if m.source == "gguf" and not (m.gguf_package and m.gguf_file):
@@ -462,7 +469,8 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     if candidate.exists():
         return candidate
     raise ConfigError(
-        "recipe", f"no recipe {str(name_or_path)!r}; pass a YAML path or one of: {', '.join(available_recipes())}"
+        "recipe",
+        f"no recipe {str(name_or_path)!r}; pass a YAML path or one of: {', '.join(available_recipes())}",
     )
 
 
@@ -485,7 +493,9 @@ def load_raw_recipe(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> d
         except yaml.YAMLError as e:
             raise ConfigError("recipe", f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError("recipe", f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+        raise ConfigError(
+            "recipe", f"{path} must hold a mapping of config sections, got {type(data).__name__}"
+        )
     parent = data.pop("extends", None)
     if parent is None:
         return data
