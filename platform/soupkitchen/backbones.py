@@ -1,0 +1,216 @@
+"""Backbone training: which backbones a method needs, and the PPO loop each Ray Train worker runs.
+
+Methods (notes/bonesoup.md §1.2, §4):
+    bone_soup       n backbones, backbone i trained on h_i = w_iᵀr, w_i = column i of circulant B(β)
+    rewarded_soups  n single-reward backbones, w_i = e_i
+    morlhf          one policy per μ in ``soup.morlhf_preferences``, w = μ
+``train_loop_per_worker`` is the Ray Train entry point: it builds W0 + LoRA + value heads, restores the
+last checkpoint if Ray Train has one, wraps the model in DeepSpeed ZeRO when ``distributed.zero_stage`` > 0,
+and runs ``ppo.steps`` PPO iterations on its shard of every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soupkitchen.config import Recipe, from_dict, to_dict
+from soupkitchen.preferences import backbone_weights
+
+METHODS = ("bone_soup", "rewarded_soups", "morlhf")
+
+
+@dataclass
+class BackboneSpec:
+    """One policy to train: its name and scalarisation weights w."""
+
+    name: str
+    weights: list[float]
+
+
+def backbone_specs(recipe: Recipe, method: str | None = None) -> list[BackboneSpec]:
+    method = method or recipe.soup.method
+    n = len(recipe.objectives)
+    if method == "bone_soup":
+        W = backbone_weights(n, recipe.soup.beta)
+    elif method == "rewarded_soups":
+        W = backbone_weights(n, None)
+    elif method == "morlhf":
+        W = np.asarray(recipe.soup.morlhf_preferences, dtype=np.float64)
+    else:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    return [BackboneSpec(f"{method}-{i}", [round(float(x), 12) for x in w]) for i, w in enumerate(W)]
+
+
+def prompt_schedule(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of step ``step``'s global batch: epochs of seeded shuffles, so a resume at ``step`` continues
+    exactly where the killed run stopped (the data position is just the step counter)."""
+    out: list[int] = []
+    start = step * batch_size
+    epoch = start // n_prompts
+    offset = start % n_prompts
+    while len(out) < batch_size:
+        order = list(range(n_prompts))
+        random.Random(seed * 100003 + epoch).shuffle(order)
+        out.extend(order[offset:])
+        epoch, offset = epoch + 1, 0
+    return out[:batch_size]
+
+
+def deepspeed_config(recipe: Recipe, world_size: int) -> dict:
+    """ZeRO config for the trainable LoRA + value-head parameters (fp32 on CPU, bf16 on GPU if asked)."""
+    ppo = recipe.ppo
+    cfg = {
+        "train_micro_batch_size_per_gpu": max(1, ppo.mini_batch_size // world_size),
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": ppo.max_grad_norm,
+        "zero_optimization": {"stage": recipe.distributed.zero_stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if recipe.distributed.use_gpu and recipe.model.dtype == "bfloat16":
+        cfg["bf16"] = {"enabled": True}
+    return cfg
+
+
+def build_trainer(recipe: Recipe, weights, *, device="cpu", comm=None, use_deepspeed=False, restore=None):
+    """The PPO trainer of one backbone on this process. ``restore`` = a checkpoint directory."""
+    from soupkitchen.checkpoint import load_training_checkpoint
+    from soupkitchen.models import format_prompt, load_policy
+    from soupkitchen.ppo.comm import LocalComm
+    from soupkitchen.ppo.policy import PolicyWithValue
+    from soupkitchen.ppo.scalarization import FixedWeights
+    from soupkitchen.ppo.trainer import DeepSpeedOptimizer, MOPPOTrainer, TorchOptimizer
+    from soupkitchen.rewards import build_rewards
+
+    comm = comm or LocalComm()
+    torch.manual_seed(recipe.seed)
+    policy, tokenizer = load_policy(recipe, device=device)
+    model = PolicyWithValue(policy, len(recipe.objectives)).to(device)
+    state = opt_state = None
+    if restore is not None:
+        trainable, opt_state, state = load_training_checkpoint(restore, comm.rank)
+        model.load_trainable_state_dict(trainable)  # before DeepSpeed copies the weights into its partitions
+    if use_deepspeed:
+        import deepspeed
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        client_opt = torch.optim.AdamW(params, lr=recipe.ppo.learning_rate, weight_decay=0.0)
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            optimizer=client_opt,
+            model_parameters=params,
+            config=deepspeed_config(recipe, comm.world_size),
+        )
+        optimizer = DeepSpeedOptimizer(engine)
+    else:
+        optimizer = TorchOptimizer(model, recipe.ppo.learning_rate, recipe.ppo.max_grad_norm)
+    if opt_state is not None:
+        optimizer.torch_optimizer.load_state_dict(opt_state)
+    rewards = build_rewards(recipe.rewards, device=device)
+    trainer = MOPPOTrainer(
+        model,
+        tokenizer,
+        rewards,
+        FixedWeights(weights),
+        recipe.ppo,
+        recipe.generation,
+        format_prompt=lambda p: format_prompt(tokenizer, p, recipe.model.use_chat_template),
+        max_prompt_tokens=recipe.model.max_prompt_tokens,
+        optimizer=optimizer,
+        comm=comm,
+        device=device,
+    )
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+    return trainer
+
+
+def save_checkpoint(trainer, directory, extra: dict) -> Path:
+    from soupkitchen.checkpoint import save_training_checkpoint
+
+    rank = trainer.comm.rank
+    trainable = trainer.model.trainable_state_dict() if rank == 0 else None
+    state = {"trainer": trainer.state_dict(), **extra}
+    return save_training_checkpoint(directory, trainable, trainer.optimizer.torch_optimizer, state, rank)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: PPO for one backbone (``config`` = {recipe, backbone: {name, weights}})."""
+    import ray.train
+
+    from soupkitchen.data import load_prompt_records
+    from soupkitchen.models import resolve_device
+    from soupkitchen.ppo.comm import TorchDistComm
+    from soupkitchen.tracking import BackboneLogger
+
+    recipe = from_dict(Recipe, config["recipe"]).validate()
+    spec = BackboneSpec(**config["backbone"])
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    device = resolve_device("cuda" if recipe.distributed.use_gpu else "cpu")
+    if device == "cuda":
+        device = f"cuda:{ray.train.torch.get_device().index or 0}"
+    comm = TorchDistComm(device if device.startswith("cuda") else "cpu")
+    restore = ray.train.get_checkpoint()
+    with restore.as_directory() if restore else _null_dir() as ckpt_dir:
+        trainer = build_trainer(
+            recipe,
+            spec.weights,
+            device=device,
+            comm=comm,
+            use_deepspeed=recipe.distributed.zero_stage > 0,
+            restore=ckpt_dir,
+        )
+    records = load_prompt_records(recipe.data, "train")
+    local = recipe.ppo.batch_size // world
+    logger = BackboneLogger(recipe, spec, config.get("parent_run_id")) if rank == 0 else None
+    while trainer.global_step < recipe.ppo.steps:
+        idx = prompt_schedule(len(records), recipe.ppo.batch_size, trainer.global_step, recipe.data.seed)
+        mine = [records[i] for i in idx[rank * local : (rank + 1) * local]]
+        stats = trainer.step([r.prompt for r in mine], [r.context for r in mine])
+        if logger:
+            logger.log_step(stats)
+        step = trainer.global_step
+        if step % recipe.ppo.checkpoint_every == 0 or step == recipe.ppo.steps:
+            with tempfile.TemporaryDirectory() as tmp:
+                extra = {"backbone": to_dict(spec), "data_position": step, "objectives": recipe.objectives}
+                save_checkpoint(trainer, Path(tmp) / "ckpt", extra)
+                ray.train.report(stats, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"))
+        else:
+            ray.train.report(stats)
+    if logger:
+        logger.finish(trainer.normalizer.state_dict())
+
+
+class _null_dir:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def write_manifest(path: str | os.PathLike, recipe: Recipe, method: str, backbones: list[dict]) -> Path:
+    """The merging/evaluation job's input: backbones, weights, β, objectives, normalisation, adapters."""
+    doc = {
+        "format": "soupkitchen.backbones/v1",
+        "recipe": to_dict(recipe),
+        "method": method,
+        "beta": recipe.soup.beta if method == "bone_soup" else None,
+        "objectives": recipe.objectives,
+        "backbones": backbones,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+    return path

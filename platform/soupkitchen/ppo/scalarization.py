@@ -1,0 +1,55 @@
+"""Scalarisation: per-sample weights ω[b, k] that turn the objective vector into one training signal.
+
+The PPO engine keeps rewards, values and advantages as vectors (one stream per objective) and asks a
+scalariser for ω at the end: A_b,t = Σ_k ω_b,k · Â^k_b,t. This keeps fixed backbone weights
+(Bone Soup column w_i of B(β), Rewarded Soups e_i, MORLHF μ), per-sample preferences (MOC) and
+Tchebycheff weights (HoE) behind one interface.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class Scalarizer(Protocol):
+    def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
+        """ω of shape [batch, n_objectives] for the batch's (normalised) terminal rewards [batch, n]."""
+
+
+class FixedWeights:
+    """ω_b = w for every sample: h = wᵀr (Bone Soup Eq. 6 with w = column i of B; RS w = e_i)."""
+
+    def __init__(self, w):
+        w = np.asarray(w, dtype=np.float64)
+        if w.ndim != 1 or not np.all(np.isfinite(w)):
+            raise ValueError(f"scalarisation weights must be a finite 1-D vector, got {w!r}")
+        self.w = torch.as_tensor(w, dtype=torch.float32)
+
+    def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
+        if rewards.shape[-1] != self.w.numel():
+            raise ValueError(f"{rewards.shape[-1]} objectives scored but {self.w.numel()} weights given")
+        return self.w.to(rewards.device).expand(rewards.shape[0], -1)
+
+
+class PerSamplePreference:
+    """ω_b = μ_b: each sample carries its own preference (MOC-style conditioning)."""
+
+    def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
+        if preferences is None or preferences.shape != rewards.shape:
+            raise ValueError("per-sample scalarisation needs a preference [batch, n] for every sample")
+        return preferences.to(rewards.device, torch.float32)
+
+
+class Tchebycheff:
+    """ω_b = one-hot at argmax_k μ_k (z*_k − r_b,k): the objective furthest behind the ideal point z*."""
+
+    def __init__(self, mu, ideal):
+        self.mu = torch.as_tensor(np.asarray(mu, dtype=np.float64), dtype=torch.float32)
+        self.ideal = torch.as_tensor(np.asarray(ideal, dtype=np.float64), dtype=torch.float32)
+
+    def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
+        gap = self.mu.to(rewards.device) * (self.ideal.to(rewards.device) - rewards)
+        return torch.nn.functional.one_hot(gap.argmax(-1), rewards.shape[-1]).to(torch.float32)

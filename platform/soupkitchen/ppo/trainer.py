@@ -1,0 +1,325 @@
+"""Vector-reward PPO trainer: rollout → score objectives → per-objective GAE → scalarise → clipped PPO.
+
+TRL removed its PPOTrainer (1.13), so this is the engine. One ``step`` is the classic loop of
+Ziegler et al. / TRL ≤ 0.11 (the seeds' implementation) with the reward kept as a vector end to end:
+
+1. sample responses from π (W0 + LoRA) for the step's prompts;
+2. score every objective → R_raw [B, K]; normalise per objective → R [B, K];
+3. log π, log π_ref (adapter off) and V^k on the sampled tokens; KL_t = log π − log π_ref;
+4. r^k_t = −η KL_t + 1[t=T] R^k; GAE per objective → Â^k, returns^k;
+5. ω = scalariser(R) [B, K]; Â = Σ_k ω_k Â^k, whitened (linear ω with Σω = 1 makes this the GAE of the
+   scalarised reward h = ωᵀR under the scalarised critic ωᵀV);
+6. ``ppo_epochs`` passes over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss;
+7. adaptive KL update with the batch's mean summed KL.
+
+The optimiser is pluggable (``TorchOptimizer`` or a DeepSpeed engine) and collectives go through ``comm``,
+so the same loop runs in-process (tests, notebooks) and inside each Ray Train worker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from soupkitchen.config import GenerationConfig, PPOConfig
+from soupkitchen.ppo import core
+from soupkitchen.ppo.comm import LocalComm
+from soupkitchen.ppo.kl import make_kl_controller
+from soupkitchen.ppo.policy import PolicyWithValue
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses and everything PPO needs about them (local rows only)."""
+
+    input_ids: torch.Tensor  # [B, P + T] prompt (left-padded) + response
+    attention_mask: torch.Tensor  # [B, P + T]
+    response_mask: torch.Tensor  # [B, T] 1 up to and including the first EOS
+    prompt_len: int
+    texts: list[str]
+    has_eos: torch.Tensor  # [B] bool
+    raw_rewards: np.ndarray | None = None  # [B, K]
+    rewards: torch.Tensor | None = None  # [B, K] normalised (+ missing-EOS penalty)
+    weights: torch.Tensor | None = None  # [B, K] scalarisation ω
+    logprobs: torch.Tensor | None = None  # [B, T]
+    ref_logprobs: torch.Tensor | None = None  # [B, T]
+    values: torch.Tensor | None = None  # [B, T, K]
+    advantages: torch.Tensor | None = None  # [B, T] scalarised, whitened
+    returns: torch.Tensor | None = None  # [B, T, K]
+
+
+class TorchOptimizer:
+    """AdamW with gradient clipping on the trainable parameters (LoRA + value heads)."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, max_grad_norm: float):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        self.max_grad_norm = max_grad_norm
+
+    def step(self, loss: torch.Tensor) -> float:
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizer
+
+
+class DeepSpeedOptimizer:
+    """A DeepSpeed engine: it reduces gradients across workers (ZeRO), clips and steps."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.engine.backward(loss)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer:
+        return (
+            self.engine.optimizer.optimizer
+            if hasattr(self.engine.optimizer, "optimizer")
+            else self.engine.optimizer
+        )
+
+
+class MOPPOTrainer:
+    """Multi-objective PPO on one policy. ``step(prompts, contexts)`` runs one PPO iteration."""
+
+    def __init__(
+        self,
+        model: PolicyWithValue,
+        tokenizer,
+        rewards,
+        scalarizer,
+        ppo: PPOConfig,
+        generation: GenerationConfig,
+        *,
+        format_prompt=None,
+        max_prompt_tokens: int = 256,
+        optimizer=None,
+        comm=None,
+        device: str | torch.device = "cpu",
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.rewards = rewards
+        self.normalizer = rewards.normalizer
+        self.scalarizer = scalarizer
+        self.cfg = ppo
+        self.gen = generation
+        self.format_prompt = format_prompt or (lambda p: p)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.optimizer = optimizer or TorchOptimizer(model, ppo.learning_rate, ppo.max_grad_norm)
+        self.comm = comm or LocalComm()
+        self.device = torch.device(device)
+        self.kl = make_kl_controller(ppo.kl_coef, ppo.adaptive_kl, ppo.kl_target, ppo.kl_horizon)
+        self.global_step = 0
+        self.generator = torch.Generator(device="cpu").manual_seed(ppo.seed + 1000 * self.comm.rank)
+
+    # ------------------------------------------------------------------------------------------ rollout
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str]) -> Rollout:
+        tok = self.tokenizer
+        enc = tok(
+            [self.format_prompt(p) for p in prompts],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_prompt_tokens,
+            add_special_tokens=False,
+        ).to(self.device)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+        self.model.eval()
+        out = self.model.policy.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            max_new_tokens=self.gen.max_new_tokens,
+            min_new_tokens=1,
+            do_sample=self.gen.do_sample,
+            temperature=self.gen.temperature if self.gen.do_sample else None,
+            top_p=self.gen.top_p if self.gen.do_sample else None,
+            top_k=self.gen.top_k if self.gen.do_sample else None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        P = enc["input_ids"].shape[1]
+        response = out[:, P:]
+        is_eos = response == tok.eos_token_id
+        has_eos = is_eos.any(-1)
+        # 1 up to and including the first EOS; everything after it is padding.
+        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+        response_mask = (~after_eos).long()
+        attention_mask = torch.cat([enc["attention_mask"], response_mask], dim=1)
+        texts = [
+            self._clean(tok.decode(r[m.bool()], skip_special_tokens=True))
+            for r, m in zip(response, response_mask, strict=True)
+        ]
+        return Rollout(out, attention_mask, response_mask, P, texts, has_eos)
+
+    def _clean(self, text: str) -> str:
+        for stop in self.gen.stop:
+            text = text.split(stop, 1)[0]
+        return text.strip()
+
+    def score(self, rollout: Rollout, contexts: list[str]) -> Rollout:
+        """R_raw from every objective; the normaliser sees all workers' rows so all normalise alike."""
+        raw = np.asarray(self.rewards.score(contexts, rollout.texts), dtype=np.float64)
+        self.normalizer.update(self.comm.gather_rows(raw))
+        rewards = torch.as_tensor(self.normalizer.normalize(raw), dtype=torch.float32, device=self.device)
+        if self.cfg.missing_eos == "penalize":
+            rewards[~rollout.has_eos] = self.cfg.missing_eos_penalty
+        rollout.raw_rewards = raw
+        rollout.rewards = rewards
+        rollout.weights = self.scalarizer.weights(rewards).to(self.device)
+        return rollout
+
+    def _forward(self, ids, attn, P, T, with_values=True):
+        logits, values = self.model(ids, attn, with_values=with_values)
+        logits = logits[:, P - 1 : P + T - 1]
+        logp = core.logprobs_of(logits, ids[:, P : P + T], self.gen.temperature)
+        values = values[:, P - 1 : P + T - 1].float() if with_values else None
+        return logits, logp, values
+
+    @torch.no_grad()
+    def evaluate_rollout(self, rollout: Rollout) -> Rollout:
+        """log π, log π_ref, V on the sampled tokens; token rewards; per-objective GAE; scalarised Â."""
+        P, T = rollout.prompt_len, rollout.response_mask.shape[1]
+        mb = max(1, self.cfg.mini_batch_size // self.comm.world_size)
+        logps, refs, vals = [], [], []
+        self.model.eval()
+        for i in range(0, rollout.input_ids.shape[0], mb):
+            ids, attn = rollout.input_ids[i : i + mb], rollout.attention_mask[i : i + mb]
+            _, logp, v = self._forward(ids, attn, P, T)
+            with self.model.reference():
+                _, ref, _ = self._forward(ids, attn, P, T, with_values=False)
+            logps.append(logp)
+            refs.append(ref)
+            vals.append(v)
+        mask = rollout.response_mask.float()
+        rollout.logprobs, rollout.ref_logprobs = torch.cat(logps) * mask, torch.cat(refs) * mask
+        rollout.values = torch.cat(vals) * mask.unsqueeze(-1)
+        kl = rollout.logprobs - rollout.ref_logprobs
+        token_r = core.token_rewards(rollout.rewards, kl, mask, self.kl.value)
+        adv_k, rollout.returns = core.gae(token_r, rollout.values, mask, self.cfg.gamma, self.cfg.lam)
+        adv = (adv_k * rollout.weights.unsqueeze(1)).sum(-1)
+        if self.cfg.whiten_advantages:
+            count = self.comm.sum(mask.sum())
+            mean = self.comm.sum((adv * mask).sum()) / count
+            var = self.comm.sum((((adv - mean) * mask) ** 2).sum()) / count
+            adv = core.masked_whiten(adv, mask, mean, var)
+        rollout.advantages = adv
+        return rollout
+
+    # ------------------------------------------------------------------------------------------ update
+
+    def optimize(self, rollout: Rollout) -> dict[str, float]:
+        P, T = rollout.prompt_len, rollout.response_mask.shape[1]
+        B = rollout.input_ids.shape[0]
+        n_mb = max(1, self.cfg.batch_size // self.cfg.mini_batch_size)
+        mb = max(1, B // n_mb)
+        sums = {
+            "policy_loss": 0.0,
+            "value_loss": 0.0,
+            "clipfrac": 0.0,
+            "entropy": 0.0,
+            "approx_kl": 0.0,
+            "grad_norm": 0.0,
+        }
+        n = 0
+        self.model.train()
+        for _ in range(self.cfg.ppo_epochs):
+            order = torch.randperm(B, generator=self.generator)
+            for start in range(0, n_mb * mb, mb):
+                idx = order[start : start + mb].to(self.device)
+                mask = rollout.response_mask[idx].float()
+                logits, logp, values = self._forward(
+                    rollout.input_ids[idx], rollout.attention_mask[idx], P, T
+                )
+                pg, clipfrac = core.policy_loss(
+                    logp, rollout.logprobs[idx], rollout.advantages[idx], mask, self.cfg.cliprange
+                )
+                vf = core.value_loss(
+                    values, rollout.values[idx], rollout.returns[idx], mask, self.cfg.cliprange_value
+                )
+                grad_norm = self.optimizer.step(pg + self.cfg.vf_coef * vf)
+                with torch.no_grad():
+                    sums["policy_loss"] += float(pg)
+                    sums["value_loss"] += float(vf)
+                    sums["clipfrac"] += float(clipfrac)
+                    sums["entropy"] += float(core.masked_mean(core.entropy_of(logits), mask))
+                    sums["approx_kl"] += float(
+                        core.masked_mean(0.5 * (logp - rollout.logprobs[idx]) ** 2, mask)
+                    )
+                    sums["grad_norm"] += grad_norm
+                n += 1
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def step(self, prompts: list[str], contexts: list[str] | None = None) -> dict[str, float]:
+        """One PPO iteration on this worker's prompts; returns metrics averaged over all workers."""
+        t0 = time.perf_counter()
+        rollout = self.generate(prompts)
+        rollout = self.score(rollout, contexts if contexts is not None else prompts)
+        rollout = self.evaluate_rollout(rollout)
+        stats = self.optimize(rollout)
+        mask = rollout.response_mask.float()
+        kl_per_seq = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(-1)
+        mean_kl = float(self.comm.mean(kl_per_seq.mean()))
+        stats.update(self._reward_stats(rollout))
+        stats.update(
+            kl=mean_kl,
+            kl_coef=self.kl.value,
+            response_length=float(self.comm.mean(mask.sum(-1).mean())),
+            eos_fraction=float(self.comm.mean(rollout.has_eos.float().mean())),
+        )
+        tokens = float(self.comm.sum(mask.sum()))
+        stats = {
+            k: (float(self.comm.mean(torch.tensor(v))) if k in _LOCAL_STATS else v) for k, v in stats.items()
+        }
+        self.kl.update(mean_kl, self.cfg.batch_size)
+        self.global_step += 1
+        elapsed = time.perf_counter() - t0
+        stats.update(tokens_per_s=tokens / elapsed, step_time_s=elapsed, step=self.global_step)
+        return stats
+
+    def _reward_stats(self, rollout: Rollout) -> dict[str, float]:
+        names = getattr(self.rewards, "names", [f"obj{k}" for k in range(rollout.rewards.shape[1])])
+        raw = torch.as_tensor(rollout.raw_rewards, dtype=torch.float32).mean(0)
+        norm = rollout.rewards.mean(0).cpu()
+        out = {}
+        for k, name in enumerate(names):
+            out[f"reward/{name}"] = float(self.comm.mean(raw[k]))
+            out[f"reward_norm/{name}"] = float(self.comm.mean(norm[k]))
+        scalar = (rollout.weights * rollout.rewards).sum(-1).mean()
+        out["reward/scalarized"] = float(self.comm.mean(scalar))
+        return out
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Scalars only (JSON): KL controller, step, normaliser; tensors are saved by ``checkpoint``."""
+        return {
+            "global_step": self.global_step,
+            "kl": self.kl.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "generator": self.generator.get_state().tolist(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        self.kl.load_state_dict(state["kl"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+_LOCAL_STATS = {"policy_loss", "value_loss", "clipfrac", "entropy", "approx_kl"}
