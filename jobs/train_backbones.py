@@ -1,0 +1,182 @@
+"""Train the backbones a soup method needs, all in parallel, on a Ray cluster.
+
+    ray job submit --working-dir . -- python jobs/train_backbones.py --recipe tiny --run-name tiny-bs
+    python jobs/train_backbones.py --recipe demo                # local Ray, same code path
+    python jobs/train_backbones.py --recipe tiny --method rewarded_soups --ppo.steps 10
+
+Each backbone is a Ray Train ``TorchTrainer`` (DeepSpeed ZeRO inside its workers); Ray Tune launches one
+trial per backbone so they run concurrently within the cluster's resources and show up in the dashboard.
+Re-running with the same ``--run-name`` resumes every backbone from its last checkpoint. Everything in the
+recipe is validated (and the prompts and reward settings loaded) before any worker starts.
+Output: ``<storage>/<run-name>/manifest.json``, the input of the merging/evaluation job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from soupkitchen.backbones import METHODS, BackboneSpec, backbone_specs, train_loop_per_worker, write_manifest
+from soupkitchen.config import ConfigError, Recipe, from_dict, load_recipe, parse_cli_overrides, to_dict
+
+
+def parse_args(argv: list[str]):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other --section.key VALUE "
+        "overrides that recipe key, e.g. --ppo.steps 10 --soup.beta 0.8.",
+    )
+    p.add_argument("--recipe", default="demo", help="recipe name in recipes/ or a YAML path (default: demo)")
+    p.add_argument("--method", choices=METHODS, default=None, help="default: the recipe's soup.method")
+    p.add_argument("--run-name", default=None, help="default: <recipe>-<method>; reuse it to resume")
+    p.add_argument(
+        "--storage", default=None, help="local path or s3:// URI (default: distributed.storage_path)"
+    )
+    args, rest = p.parse_known_args(argv)
+    return args, parse_cli_overrides(rest)
+
+
+def preflight(recipe: Recipe, method: str) -> list[BackboneSpec]:
+    """Fail before any worker starts: reward params, prompts, model source, backbone weights."""
+    from soupkitchen.data import load_prompt_records
+    from soupkitchen.models import gguf_path
+    from soupkitchen.rewards.registry import validate_reward_params
+
+    for i, r in enumerate(recipe.rewards):
+        validate_reward_params(r, f"rewards.{i}")
+    if len(load_prompt_records(recipe.data, "train")) < 1:
+        raise ConfigError("data.source", "no training prompts")
+    if recipe.model.source == "gguf":
+        gguf_path(recipe.model)
+    if (
+        recipe.model.source == "hf"
+        and recipe.model.name.startswith((".", "/"))
+        and not Path(recipe.model.name).exists()
+    ):
+        raise ConfigError("model.name", f"local model directory {recipe.model.name} does not exist")
+    return backbone_specs(recipe, method)
+
+
+def _storage(recipe: Recipe, override: str | None) -> str:
+    path = override or recipe.distributed.storage_path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def backbone_trial(config: dict) -> None:
+    """Tune trial: fit one backbone's TorchTrainer (resuming by name) and report where its weights are."""
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    recipe = from_dict(Recipe, config["recipe"])
+    d = recipe.distributed
+    spec = config["backbone"]
+    resources = {"CPU": d.cpus_per_worker} | ({"GPU": d.gpus_per_worker} if d.use_gpu else {})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "recipe": config["recipe"],
+            "backbone": spec,
+            "parent_run_id": config["parent_run_id"],
+        },
+        scaling_config=ScalingConfig(
+            num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=f"{config['run_name']}-{spec['name']}",
+            storage_path=config["storage"],
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"backbone {spec['name']} finished without a checkpoint")
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    ray.tune.report({**metrics, "checkpoint_uri": _uri(result.checkpoint), "backbone": spec["name"]})
+
+
+def _uri(checkpoint) -> str:
+    fs = checkpoint.filesystem
+    scheme = "" if fs is None or fs.type_name == "local" else f"{fs.type_name}://"
+    return f"{scheme}{checkpoint.path}"
+
+
+def run(recipe: Recipe, method: str, run_name: str, storage: str) -> Path:
+    import ray
+    from ray import tune
+
+    from soupkitchen.tracking import RunLogger
+
+    specs = preflight(recipe, method)
+    ray.init(ignore_reinit_error=True, log_to_driver=True)
+    parent = RunLogger(recipe, f"train_backbones:{run_name}", tags={"soupkitchen.method": method})
+    space = {
+        "recipe": to_dict(recipe),
+        "run_name": run_name,
+        "storage": storage,
+        "parent_run_id": parent.run_id,
+        "backbone": tune.grid_search([asdict(s) for s in specs]),
+    }
+    tuner = tune.Tuner(
+        tune.with_resources(backbone_trial, {"CPU": 0, "memory": 1}),  # the trial only waits on its trainer
+        param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=len(specs)),
+        run_config=tune.RunConfig(name=f"{run_name}-launcher", storage_path=storage),
+    )
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error]
+    if errors:
+        parent.finish("FAILED")
+        raise RuntimeError(f"{len(errors)} backbone(s) failed; first error: {errors[0]}")
+    by_name = {r.metrics["backbone"]: r.metrics for r in results}
+    backbones = []
+    for s in specs:
+        m = by_name[s.name]
+        backbones.append(
+            {
+                "name": s.name,
+                "weights": s.weights,
+                "checkpoint": m["checkpoint_uri"],
+                "adapter_file": "trainable.safetensors",
+                "final_rewards": {o: m.get(f"reward/{o}") for o in recipe.objectives},
+            }
+        )
+    manifest = write_manifest(
+        Path(_local_out(storage, run_name)) / "manifest.json", recipe, method, backbones
+    )
+    parent.log_metrics({}, 0)
+    parent.client.log_artifact(parent.run_id, str(manifest))
+    parent.finish()
+    return manifest
+
+
+def _local_out(storage: str, run_name: str) -> str:
+    return f"{storage}/{run_name}" if "://" not in storage else str(Path("outputs") / run_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        recipe = load_recipe(args.recipe, overrides)
+        method = args.method or recipe.soup.method
+        run_name = args.run_name or f"{recipe.name}-{method}"
+        manifest = run(recipe, method, run_name, _storage(recipe, args.storage))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    doc = json.loads(Path(manifest).read_text())
+    print(f"\nmanifest: {manifest}")
+    header = f"{'backbone':<22} {'weights':<18} " + " ".join(f"{o:>12}" for o in doc["objectives"])
+    print(header)
+    for b in doc["backbones"]:
+        rewards = " ".join(f"{b['final_rewards'][o]:>12.4f}" for o in doc["objectives"])
+        print(f"{b['name']:<22} {str(b['weights']):<18} {rewards}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
