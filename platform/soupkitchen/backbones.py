@@ -169,6 +169,8 @@ def train_loop_per_worker(config: dict) -> None:
             use_deepspeed=recipe.distributed.zero_stage > 0,
             restore=ckpt_dir,
         )
+    if rank == 0 and trainer.global_step:
+        print(f"[{spec.name}] resumed at step {trainer.global_step}/{recipe.ppo.steps}", flush=True)
     records = load_prompt_records(recipe.data, "train")
     local = recipe.ppo.batch_size // world
     logger = BackboneLogger(recipe, spec, config.get("parent_run_id")) if rank == 0 else None
@@ -178,6 +180,7 @@ def train_loop_per_worker(config: dict) -> None:
         stats = trainer.step([r.prompt for r in mine], [r.context for r in mine])
         if logger:
             logger.log_step(stats)
+            print(progress_line(spec.name, stats, recipe), flush=True)
         step = trainer.global_step
         if step % recipe.ppo.checkpoint_every == 0 or step == recipe.ppo.steps:
             with tempfile.TemporaryDirectory() as tmp:
@@ -188,6 +191,15 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(stats)
     if logger:
         logger.finish(trainer.normalizer.state_dict())
+
+
+def progress_line(name: str, stats: dict, recipe: Recipe) -> str:
+    objectives = " ".join(f"{o}={stats[f'reward/{o}']:.3f}" for o in recipe.objectives)
+    return (
+        f"[{name}] step {stats['step']}/{recipe.ppo.steps} {objectives} "
+        f"h={stats['reward/scalarized']:.3f} kl={stats['kl']:.3f} η={stats['kl_coef']:.4f} "
+        f"len={stats['response_length']:.1f} {stats['tokens_per_s']:.0f} tok/s"
+    )
 
 
 class _null_dir:

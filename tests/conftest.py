@@ -1,0 +1,63 @@
+"""Shared fixtures: isolated caches and MLflow store per session, and a real local Ray head on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RAY_PORT, RAY_DASHBOARD_PORT = 26390, 28270
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_state(tmp_path_factory):
+    """Keep tests off the user's MLflow store; reuse the GGUF cache (dequantising is slow) if present."""
+    root = tmp_path_factory.mktemp("state")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield root
+
+
+def _ray(*args: str, env=None, check=True, timeout=300) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("ray")
+    return subprocess.run(
+        [str(exe), *args], env=env, check=check, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """``ray start --head`` on 127.0.0.1 with token auth (Ray 2.60's job server requires it); stopped after."""
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")
+    _ray("get-auth-token", "--generate", env=env, check=False)
+    temp = tmp_path_factory.mktemp("ray")
+    _ray("stop", "--force", env=env, check=False)
+    _ray(
+        "start",
+        "--head",
+        f"--port={RAY_PORT}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={RAY_DASHBOARD_PORT}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+        env=env,
+    )
+    address = f"http://127.0.0.1:{RAY_DASHBOARD_PORT}"
+    deadline = time.time() + 120
+    while _ray("job", "list", "--address", address, env=env, check=False).returncode != 0:
+        if time.time() > deadline:
+            raise RuntimeError("Ray job server did not come up")
+        time.sleep(2)
+    yield {"address": address, "env": env, "ray": _ray}
+    _ray("stop", "--force", env=env, check=False)
+    shutil.rmtree(temp, ignore_errors=True)

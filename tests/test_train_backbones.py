@@ -1,0 +1,142 @@
+"""train_backbones end to end: `ray job submit` against a real `ray start --head`, kill and resume, and
+bad recipes rejected before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from soupkitchen.config import ConfigError, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _submit(head, *job_args: str) -> str:
+    out = head["ray"](
+        "job",
+        "submit",
+        "--address",
+        head["address"],
+        "--no-wait",
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--",
+        "python",
+        "jobs/train_backbones.py",
+        *job_args,
+        env=head["env"],
+    )
+    return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+
+
+def _status(head, job_id: str) -> str:
+    proc = head["ray"]("job", "status", "--address", head["address"], job_id, env=head["env"])
+    out = proc.stdout + proc.stderr  # the CLI logs its status lines to stderr
+    if found := re.search(r"Status for job '[^']+': (\w+)", out):
+        return found.group(1)
+    for word, status in (("succeeded", "SUCCEEDED"), ("was stopped", "STOPPED"), ("failed", "FAILED")):
+        if f"Job '{job_id}' {word}" in out:
+            return status
+    raise AssertionError(f"no status for {job_id}: {out[-2000:]}")
+
+
+def _wait(head, job_id: str, timeout: float = 600) -> str:
+    deadline = time.time() + timeout
+    while (status := _status(head, job_id)) in ("PENDING", "RUNNING"):
+        assert time.time() < deadline, f"job {job_id} still {status} after {timeout}s"
+        time.sleep(3)
+    return status
+
+
+def _logs(head, job_id: str) -> str:
+    return head["ray"]("job", "logs", "--address", head["address"], job_id, env=head["env"]).stdout
+
+
+def _checkpoints(storage: Path, run: str, backbone: str) -> list[Path]:
+    return sorted((storage / f"{run}-{backbone}").glob("checkpoint_*/state.json"))
+
+
+def _steps(log: str, backbone: str) -> list[int]:
+    return [int(s) for s in re.findall(rf"\[{backbone}\] step (\d+)/", log)]
+
+
+@pytest.mark.slow
+def test_bone_soup_backbones_through_ray_job_submit_with_kill_and_resume(ray_head, tmp_path):
+    storage, run = tmp_path / "runs", "tiny-bs"
+    args = ["--recipe", "tiny", "--run-name", run, "--storage", str(storage), "--ppo.steps", "20"]
+
+    # 1. Start, wait for both backbones' first checkpoint (every 5 steps), then kill the job.
+    job = _submit(ray_head, *args)
+    deadline = time.time() + 400
+    while not all(_checkpoints(storage, run, f"bone_soup-{i}") for i in (0, 1)):
+        assert _status(ray_head, job) in ("PENDING", "RUNNING"), _logs(ray_head, job)[-3000:]
+        assert time.time() < deadline, "no checkpoint within 400 s"
+        time.sleep(2)
+    ray_head["ray"]("job", "stop", "--address", ray_head["address"], job, env=ray_head["env"], check=False)
+    assert _wait(ray_head, job, 120) in ("STOPPED", "FAILED")
+    killed_at = {
+        i: json.loads(_checkpoints(storage, run, f"bone_soup-{i}")[-1].read_text())["data_position"]
+        for i in (0, 1)
+    }
+    assert all(0 < s < 20 for s in killed_at.values()), killed_at
+
+    # 2. Re-submit with the same run name: it resumes from the checkpoints and finishes.
+    job = _submit(ray_head, *args)
+    status, log = _wait(ray_head, job), _logs(ray_head, job)
+    assert status == "SUCCEEDED", log[-4000:]
+    for i in (0, 1):
+        assert f"[bone_soup-{i}] resumed at step" in log
+        steps = _steps(log, f"bone_soup-{i}")
+        assert max(steps) == 20 and min(steps) > 1, steps  # continued, did not start over
+
+    manifest = json.loads((storage / run / "manifest.json").read_text())
+    assert manifest["method"] == "bone_soup" and manifest["beta"] == 0.7
+    assert [b["weights"] for b in manifest["backbones"]] == [[0.7, 0.3], [0.3, 0.7]]
+    for b in manifest["backbones"]:
+        state = json.loads((Path(b["checkpoint"]) / "state.json").read_text())
+        assert state["data_position"] == 20 and (Path(b["checkpoint"]) / b["adapter_file"]).exists()
+
+    # 3. Each backbone's scalarised reward rose, and the two lean to opposite objectives.
+    history = {
+        i: [json.loads(p.read_text())["trainer"] for p in _checkpoints(storage, run, f"bone_soup-{i}")]
+        for i in (0, 1)
+    }
+    assert all(h for h in history.values())
+    (w0, c0), (w1, c1) = (
+        [b["final_rewards"]["warm"], b["final_rewards"]["calm"]] for b in manifest["backbones"]
+    )
+    assert w0 > w1 and c0 < c1, manifest["backbones"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--soup.beta", "0.4"], r"soup.beta: β must lie in .*\(0.5, 1\] for n=2"),
+        (["--distributed.num_workers", "0"], r"distributed.num_workers: must lie in \[1, inf\)"),
+        (["--rewards.0.kind", "sentiment"], "rewards.0.kind: must be one of"),
+        (["--rewards.0.params.keywordz", "[a]"], "rewards.0.params.keywordz: unknown key"),
+        (["--data.source", "/nonexistent/prompts.jsonl"], "data.source"),
+    ],
+)
+def test_bad_recipe_values_fail_before_any_worker_starts(args, fragment, capsys, monkeypatch):
+    import jobs.train_backbones as job
+
+    started = []
+    monkeypatch.setattr("ray.init", lambda *a, **k: started.append(1))
+    assert job.main(["--recipe", "tiny", *args]) == 2
+    assert re.search(fragment, capsys.readouterr().err)
+    assert not started
+
+
+def test_preflight_accepts_every_method():
+    import jobs.train_backbones as job
+
+    recipe = load_recipe("tiny")
+    assert len(job.preflight(recipe, "bone_soup")) == 2
+    assert len(job.preflight(recipe, "morlhf")) == 1
+    with pytest.raises(ConfigError):
+        job.preflight(load_recipe("tiny", {"rewards.1.params.keywords": []}), "bone_soup")
