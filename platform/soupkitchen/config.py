@@ -142,7 +142,10 @@ class GenerationConfig:
 
 @dataclass
 class SFTConfig:
-    """Supervised fine-tuning stage (TRL SFTTrainer + LoRA, merged into W0 afterwards)."""
+    """Supervised fine-tuning stage (TRL SFTTrainer + LoRA, merged into W0 afterwards).
+
+    Loss on the completion tokens only. ``output_dir`` None → ``$SOUPKITCHEN_CACHE/sft/<recipe name>``.
+    """
 
     enabled: bool = False
     max_steps: int = _num(100, 1, None)
@@ -150,6 +153,10 @@ class SFTConfig:
     batch_size: int = _num(8, 1, None)
     lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
     weight_decay: float = _num(0.0, 0.0, None)
+    max_seq_length: int = _num(1024, 8, 131072)  # prompt + completion tokens (≤ model positions); rest cut
+    gradient_checkpointing: bool = True
+    logging_steps: int = _num(10, 1, None)
+    output_dir: str | None = None
 
 
 @dataclass
