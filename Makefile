@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) jobs/demo.py --recipe demo $(ARGS)
+	$(PY) jobs/train_backbones.py --recipe demo $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

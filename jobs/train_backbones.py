@@ -142,7 +142,8 @@ def run(recipe: Recipe, method: str, run_name: str, storage: str) -> Path:
                 "weights": s.weights,
                 "checkpoint": m["checkpoint_uri"],
                 "adapter_file": "trainable.safetensors",
-                "final_rewards": {o: m.get(f"reward/{o}") for o in recipe.objectives},
+                "rewards_first_steps": {o: m.get(f"start/reward/{o}") for o in recipe.objectives},
+                "rewards_last_steps": {o: m.get(f"end/reward/{o}") for o in recipe.objectives},
             }
         )
     manifest = write_manifest(
@@ -170,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     doc = json.loads(Path(manifest).read_text())
     print(f"\nmanifest: {manifest}")
-    header = f"{'backbone':<22} {'weights':<18} " + " ".join(f"{o:>12}" for o in doc["objectives"])
-    print(header)
+    print("mean reward per objective over the first → last 4 PPO steps:")
+    print(f"{'backbone':<20} {'weights w':<14} " + " ".join(f"{o:>22}" for o in doc["objectives"]))
     for b in doc["backbones"]:
-        rewards = " ".join(f"{b['final_rewards'][o]:>12.4f}" for o in doc["objectives"])
-        print(f"{b['name']:<22} {str(b['weights']):<18} {rewards}")
+        first, last = b["rewards_first_steps"], b["rewards_last_steps"]
+        cells = " ".join(f"{f'{first[o]:.3f} → {last[o]:.3f}':>22}" for o in doc["objectives"])
+        print(f"{b['name']:<20} {str(b['weights']):<14} {cells}")
     return 0
 
 

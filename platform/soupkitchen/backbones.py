@@ -182,6 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
             logger.log_step(stats)
             print(progress_line(spec.name, stats, recipe), flush=True)
         step = trainer.global_step
+        stats.update(trainer.reward_window("start") | trainer.reward_window("end"))
         if step % recipe.ppo.checkpoint_every == 0 or step == recipe.ppo.steps:
             with tempfile.TemporaryDirectory() as tmp:
                 extra = {"backbone": to_dict(spec), "data_position": step, "objectives": recipe.objectives}

@@ -124,6 +124,7 @@ class MOPPOTrainer:
         self.device = torch.device(device)
         self.kl = make_kl_controller(ppo.kl_coef, ppo.adaptive_kl, ppo.kl_target, ppo.kl_horizon)
         self.global_step = 0
+        self.reward_history: list[dict[str, float]] = []  # per-step mean rewards (kept in checkpoints)
         self.generator = torch.Generator(device="cpu").manual_seed(ppo.seed + 1000 * self.comm.rank)
 
     # ------------------------------------------------------------------------------------------ rollout
@@ -290,7 +291,13 @@ class MOPPOTrainer:
         self.global_step += 1
         elapsed = time.perf_counter() - t0
         stats.update(tokens_per_s=tokens / elapsed, step_time_s=elapsed, step=self.global_step)
+        self.reward_history.append({k: v for k, v in stats.items() if k.startswith("reward")})
         return stats
+
+    def reward_window(self, where: str, k: int = 4) -> dict[str, float]:
+        """Mean of each reward statistic over the first or last ``k`` steps (single steps are noisy)."""
+        rows = self.reward_history[:k] if where == "start" else self.reward_history[-k:]
+        return {f"{where}/{key}": float(np.mean([r[key] for r in rows])) for key in (rows[0] if rows else {})}
 
     def _reward_stats(self, rollout: Rollout) -> dict[str, float]:
         names = getattr(self.rewards, "names", [f"obj{k}" for k in range(rollout.rewards.shape[1])])
@@ -313,6 +320,7 @@ class MOPPOTrainer:
             "kl": self.kl.state_dict(),
             "normalizer": self.normalizer.state_dict(),
             "generator": self.generator.get_state().tolist(),
+            "reward_history": self.reward_history,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -320,6 +328,7 @@ class MOPPOTrainer:
         self.kl.load_state_dict(state["kl"])
         self.normalizer.load_state_dict(state["normalizer"])
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        self.reward_history = list(state.get("reward_history", []))
 
 
 _LOCAL_STATS = {"policy_loss", "value_loss", "clipfrac", "entropy", "approx_kl"}

@@ -1,0 +1,50 @@
+"""Wall time of n backbones trained in parallel vs one backbone alone, same recipe, same machine, one run.
+
+    python bench/parallel_backbones.py                       # tiny recipe, 2 backbones
+    python bench/parallel_backbones.py --recipe demo --ppo.steps 4
+
+Both runs go through the real launcher (Ray Tune trials → Ray Train TorchTrainer → DeepSpeed), on a local
+Ray instance with as many CPUs as the machine has. Perfect parallelism gives a ratio of 1.0; running the
+backbones one after another gives n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.train_backbones import run  # noqa: E402
+from soupkitchen.config import load_recipe, parse_cli_overrides  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="tiny")
+    args, rest = p.parse_known_args()
+    overrides = parse_cli_overrides(rest)
+    recipe = load_recipe(args.recipe, overrides)
+    n = len(recipe.objectives)
+    one = load_recipe(args.recipe, {**overrides, "soup.morlhf_preferences": [[1.0 / n] * n]})
+    import ray
+
+    ray.init()  # started outside the timed region so neither run pays for it
+    with tempfile.TemporaryDirectory() as tmp:
+        timings = {}
+        for label, rec, method in (("1 backbone", one, "morlhf"), (f"{n} backbones", recipe, "bone_soup")):
+            t0 = time.perf_counter()
+            run(rec, method, f"bench-{method}", str(Path(tmp) / "runs"))
+            timings[label] = time.perf_counter() - t0
+    (l1, t1), (ln, tn) = timings.items()
+    print(f"\nrecipe {recipe.name}, {recipe.ppo.steps} PPO steps per backbone, batch {recipe.ppo.batch_size}")
+    print(f"{l1:>14}: {t1:8.1f} s wall")
+    print(f"{ln:>14}: {tn:8.1f} s wall")
+    print(f"ratio {ln} / {l1} = {tn / t1:.2f}  (1.0 = perfectly parallel, {n}.0 = sequential)")
+
+
+if __name__ == "__main__":
+    main()
