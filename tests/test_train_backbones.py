@@ -139,3 +139,32 @@ def test_preflight_accepts_every_method():
     assert len(job.preflight(recipe, "morlhf")) == 1
     with pytest.raises(ConfigError):
         job.preflight(load_recipe("tiny", {"rewards.1.params.keywords": []}), "bone_soup")
+
+
+@pytest.mark.slow
+def test_two_workers_under_zero3_split_the_batch_and_resume_with_their_optimizer_shards(ray_head, tmp_path):
+    storage, run = tmp_path / "runs", "tiny-z3"
+    common = ["--recipe", "tiny", "--method", "morlhf", "--run-name", run, "--storage", str(storage)]
+    common += [
+        "--distributed.num_workers",
+        "2",
+        "--distributed.zero_stage",
+        "3",
+        "--ppo.checkpoint_every",
+        "2",
+    ]
+    job = _submit(ray_head, *common, "--ppo.steps", "2")
+    assert _wait(ray_head, job) == "SUCCEEDED", _logs(ray_head, job)[-4000:]
+    first = _checkpoints(storage, run, "morlhf-0")[-1].parent
+    assert {p.name for p in first.iterdir()} >= {
+        "trainable.safetensors",
+        "optimizer-rank0.safetensors",
+        "optimizer-rank1.safetensors",
+        "state-rank1.json",
+    }
+    # Extending the run resumes both ranks (weights, ZeRO-3 Adam shards, KL controller) and trains on.
+    job = _submit(ray_head, *common, "--ppo.steps", "4")
+    status, log = _wait(ray_head, job), _logs(ray_head, job)
+    assert status == "SUCCEEDED", log[-4000:]
+    assert "[morlhf-0] resumed at step 2/4" in log
+    assert max(_steps(log, "morlhf-0")) == 4 and min(_steps(log, "morlhf-0")) == 3

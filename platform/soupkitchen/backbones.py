@@ -113,7 +113,7 @@ def build_trainer(recipe: Recipe, weights, *, device="cpu", comm=None, use_deeps
     else:
         optimizer = TorchOptimizer(model, recipe.ppo.learning_rate, recipe.ppo.max_grad_norm)
     if opt_state is not None:
-        optimizer.torch_optimizer.load_state_dict(opt_state)
+        optimizer.load_state_dict(*opt_state)
     rewards = build_rewards(recipe.rewards, device=device)
     trainer = MOPPOTrainer(
         model,
@@ -137,9 +137,12 @@ def save_checkpoint(trainer, directory, extra: dict) -> Path:
     from soupkitchen.checkpoint import save_training_checkpoint
 
     rank = trainer.comm.rank
-    trainable = trainer.model.trainable_state_dict() if rank == 0 else None
+    with trainer.optimizer.gathered_parameters():  # ZeRO-3 partitions weights: every rank joins the gather
+        trainable = trainer.model.trainable_state_dict()
     state = {"trainer": trainer.state_dict(), **extra}
-    return save_training_checkpoint(directory, trainable, trainer.optimizer.torch_optimizer, state, rank)
+    return save_training_checkpoint(
+        directory, trainable if rank == 0 else None, trainer.optimizer.state_dict(), state, rank
+    )
 
 
 def train_loop_per_worker(config: dict) -> None:

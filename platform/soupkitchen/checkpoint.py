@@ -54,11 +54,13 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> d
 def save_training_checkpoint(
     directory: str | os.PathLike,
     trainable: dict[str, torch.Tensor] | None,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer: tuple[dict[str, torch.Tensor], dict] | None,
     state: dict,
     rank: int = 0,
 ) -> Path:
-    """Write (or, on rank > 0, add this rank's optimiser file to) a checkpoint directory atomically."""
+    """Write (or, on rank > 0, add this rank's optimiser file to) a checkpoint directory atomically.
+
+    ``optimizer`` is the ``(tensors, meta)`` pair of ``TorchOptimizer``/``DeepSpeedOptimizer.state_dict``."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp"))
@@ -69,7 +71,7 @@ def save_training_checkpoint(
             files["trainable.safetensors"] = sha256_of(tmp / "trainable.safetensors")
         meta = {}
         if optimizer is not None:
-            tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+            tensors, meta = optimizer
             name = f"optimizer-rank{rank}.safetensors"
             save_file(tensors, tmp / name)
             files[name] = sha256_of(tmp / name)
@@ -94,7 +96,7 @@ def _verified(path: Path, expected: str) -> Path:
 
 
 def load_training_checkpoint(directory: str | os.PathLike, rank: int = 0):
-    """→ (trainable tensors, optimiser state_dict or None, state dict); verifies every sha256."""
+    """→ (trainable tensors, this rank's optimiser (tensors, meta) or None, state); verifies every sha256."""
     directory = Path(directory)
     main = json.loads((directory / "state.json").read_text())
     trainable = load_file(
@@ -105,6 +107,6 @@ def load_training_checkpoint(directory: str | os.PathLike, rank: int = 0):
     optimizer = None
     if name in own["files"]:
         tensors = load_file(_verified(directory / name, own["files"][name]))
-        optimizer = unflatten_optimizer_state(tensors, own["optimizer"])
+        optimizer = (tensors, own["optimizer"])
     state = {k: v for k, v in main.items() if k not in ("files", "optimizer")}
     return trainable, optimizer, state

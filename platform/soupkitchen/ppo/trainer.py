@@ -18,12 +18,14 @@ so the same loop runs in-process (tests, notebooks) and inside each Ray Train wo
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from soupkitchen.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 from soupkitchen.config import GenerationConfig, PPOConfig
 from soupkitchen.ppo import core
 from soupkitchen.ppo.comm import LocalComm
@@ -66,13 +68,23 @@ class TorchOptimizer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    @property
-    def torch_optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizer
+    def gathered_parameters(self):
+        return contextlib.nullcontext()
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, JSON meta) for a safetensors checkpoint."""
+        return flatten_optimizer_state(self.optimizer.state_dict())
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
 
 
 class DeepSpeedOptimizer:
-    """A DeepSpeed engine: it reduces gradients across workers (ZeRO), clips and steps."""
+    """A DeepSpeed engine: it reduces gradients across workers (ZeRO), clips and steps.
+
+    Its checkpoint state is this rank's Adam moments for each ZeRO fp32 partition, keyed by group index; the
+    partitions themselves are rebuilt from the model weights, which are restored before ``initialize``.
+    """
 
     def __init__(self, engine):
         self.engine = engine
@@ -83,13 +95,40 @@ class DeepSpeedOptimizer:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    @property
-    def torch_optimizer(self) -> torch.optim.Optimizer:
+    def gathered_parameters(self):
+        """Full (un-partitioned) trainable weights inside the context under ZeRO-3; a no-op below."""
+        import deepspeed
+
+        params = [p for p in self.engine.module.parameters() if p.requires_grad]
         return (
-            self.engine.optimizer.optimizer
-            if hasattr(self.engine.optimizer, "optimizer")
-            else self.engine.optimizer
+            deepspeed.zero.GatheredParameters(params)
+            if self.engine.zero_optimization_stage() == 3
+            else (contextlib.nullcontext())
         )
+
+    def _partitions(self) -> list[torch.Tensor]:
+        zero = self.engine.optimizer
+        flats = getattr(zero, "fp32_partitioned_groups_flat", None)  # stage 3
+        return list(flats if flats is not None else zero.single_partition_of_fp32_groups)  # stages 1-2
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        inner = self.engine.optimizer.optimizer
+        tensors, scalars = {}, {}
+        for g, flat in enumerate(self._partitions()):
+            for name, value in inner.state.get(flat, {}).items():
+                if torch.is_tensor(value):
+                    tensors[f"state.{g}.{name}"] = value.detach().cpu().clone()
+                else:
+                    scalars[f"state.{g}.{name}"] = value
+        return tensors, {"zero_partitions": True, "scalars": scalars}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        inner = self.engine.optimizer.optimizer
+        flats = self._partitions()
+        for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+            _, g, name = key.split(".", 2)
+            flat = flats[int(g)]
+            inner.state[flat][name] = value.to(flat.device) if torch.is_tensor(value) else value
 
 
 class MOPPOTrainer:
