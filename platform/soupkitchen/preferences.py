@@ -52,17 +52,23 @@ def preference_grid(n: int, step: float = 0.1) -> np.ndarray:
     return np.round(grid, 12)
 
 
+def _as_vector(x, what: str) -> np.ndarray:
+    """``x`` as a non-empty float64 1-D array, or a ValueError that names ``what``."""
+    try:
+        arr = np.array(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be a sequence of numbers, got {x!r}") from e
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{what} must be a non-empty 1-D vector, got shape {arr.shape}")
+    return arr
+
+
 def validate_preference(mu: ArrayLike, n: int | None = None) -> np.ndarray:
     """Return μ as a float64 1-D array after checking μ ∈ Δ_n: finite, μ_i ≥ 0, |Σμ − 1| ≤ 1e-6.
 
     Raises ValueError naming the problem and the fix. `n`, when given, is the number of objectives.
     """
-    try:
-        arr = np.array(mu, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"preference mu must be a sequence of numbers, got {mu!r}") from e
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"preference mu must be a non-empty 1-D vector, got shape {arr.shape}")
+    arr = _as_vector(mu, "preference mu")
     if n is not None and arr.size != _check_n(n):
         raise ValueError(
             f"preference mu has {arr.size} entries but there are {n} objectives; "
@@ -99,12 +105,7 @@ def normalize_preference(
         if unknown:
             raise ValueError(f"unknown objective name(s) {unknown}; known objectives are {list(names)}")
         weights = [weights.get(name, 0.0) for name in names]
-    try:
-        w = np.array(weights, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"preference weights must be numbers, got {weights!r}") from e
-    if w.ndim != 1 or w.size == 0:
-        raise ValueError(f"preference weights must be a non-empty 1-D vector, got shape {w.shape}")
+    w = _as_vector(weights, "preference weights")
     if names is not None and w.size != len(names):
         raise ValueError(f"got {w.size} preference weights but there are {len(names)} objectives: {names}")
     if not np.all(np.isfinite(w)):
