@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # show every backbone's progress lines, not "repeated 2x"
 
 from soupkitchen.backbones import METHODS, BackboneSpec, backbone_specs, train_loop_per_worker, write_manifest
 from soupkitchen.config import ConfigError, Recipe, from_dict, load_recipe, parse_cli_overrides, to_dict
@@ -51,6 +54,10 @@ def preflight(recipe: Recipe, method: str) -> list[BackboneSpec]:
         raise ConfigError("data.source", "no training prompts")
     if recipe.model.source == "gguf":
         gguf_path(recipe.model)
+    if recipe.ppo.algorithm == "grpo":
+        from soupkitchen.grpo import grpo_plan
+
+        grpo_plan(recipe)
     if (
         recipe.model.source == "hf"
         and recipe.model.name.startswith((".", "/"))

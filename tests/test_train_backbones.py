@@ -119,6 +119,7 @@ def test_bone_soup_backbones_through_ray_job_submit_with_kill_and_resume(ray_hea
         (["--rewards.0.kind", "sentiment"], "rewards.0.kind: must be one of"),
         (["--rewards.0.params.keywordz", "[a]"], "rewards.0.params.keywordz: unknown key"),
         (["--data.source", "/nonexistent/prompts.jsonl"], "data.source"),
+        (["--ppo.algorithm", "grpo"], "lora.target_modules: .*GRPOTrainer never trains"),
     ],
 )
 def test_bad_recipe_values_fail_before_any_worker_starts(args, fragment, capsys, monkeypatch):

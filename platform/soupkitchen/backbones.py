@@ -161,6 +161,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = resolve_device("cuda" if recipe.distributed.use_gpu else "cpu")
     if device == "cuda":
         device = f"cuda:{ray.train.torch.get_device().index or 0}"
+    if recipe.ppo.algorithm == "grpo":
+        return _train_grpo(recipe, spec, device, config.get("parent_run_id"))
     comm = TorchDistComm(device if device.startswith("cuda") else "cpu")
     restore = ray.train.get_checkpoint()
     with restore.as_directory() if restore else _null_dir() as ckpt_dir:
@@ -195,6 +197,29 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(stats)
     if logger:
         logger.finish(trainer.normalizer.state_dict())
+
+
+def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run_id: str | None) -> None:
+    """``ppo.algorithm: grpo``: TRL's GRPOTrainer with one reward function per objective, weights w."""
+    import ray.train
+
+    from soupkitchen.grpo import train_grpo_backbone
+    from soupkitchen.ppo.trainer import reward_window
+    from soupkitchen.tracking import BackboneLogger
+
+    logger = BackboneLogger(recipe, spec, parent_run_id)
+
+    def on_step(stats):
+        logger.log_step(stats)
+        if stats["step"] < recipe.ppo.steps:  # the last rollout is reported with the checkpoint
+            ray.train.report(stats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train_grpo_backbone(recipe, spec, Path(tmp) / "ckpt", device=device, on_step=on_step)
+        final = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+        final.update(reward_window(result["history"], "start") | reward_window(result["history"], "end"))
+        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"))
+    logger.finish(result["normalizer"])
 
 
 def progress_line(name: str, stats: dict, recipe: Recipe) -> str:

@@ -53,6 +53,13 @@ class Rollout:
     returns: torch.Tensor | None = None  # [B, T, K]
 
 
+def reward_window(history: list[dict[str, float]], where: str, k: int = 4) -> dict[str, float]:
+    """Mean of each ``reward*`` statistic over the first or last ``k`` steps (single steps are noisy)."""
+    rows = history[:k] if where == "start" else history[-k:]
+    keys = [key for key in (rows[0] if rows else {}) if key.startswith("reward")]
+    return {f"{where}/{key}": float(np.mean([r[key] for r in rows])) for key in keys}
+
+
 class TorchOptimizer:
     """AdamW with gradient clipping on the trainable parameters (LoRA + value heads)."""
 
@@ -334,9 +341,7 @@ class MOPPOTrainer:
         return stats
 
     def reward_window(self, where: str, k: int = 4) -> dict[str, float]:
-        """Mean of each reward statistic over the first or last ``k`` steps (single steps are noisy)."""
-        rows = self.reward_history[:k] if where == "start" else self.reward_history[-k:]
-        return {f"{where}/{key}": float(np.mean([r[key] for r in rows])) for key in (rows[0] if rows else {})}
+        return reward_window(self.reward_history, where, k)
 
     def _reward_stats(self, rollout: Rollout) -> dict[str, float]:
         names = getattr(self.rewards, "names", [f"obj{k}" for k in range(rollout.rewards.shape[1])])
