@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
 from scipy.stats import kendalltau
+
 from soupkitchen.metrics import (
     METRIC_KEYS,
     controllability,

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from soupkitchen.preferences import (
     backbone_weights,
     circulant_matrix,

@@ -28,6 +28,14 @@ def tracking_uri(recipe: Recipe | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{data_dir() / 'mlflow.db'}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a local SQLite store live beside the database, not in ``./mlruns`` of whatever directory
+    the job was started from; a tracking server decides for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def flat_params(tree: dict, prefix: str = "") -> dict[str, str]:
     """Nested recipe → ``{"ppo.kl_coef": "0.2", ...}`` (MLflow params are flat strings ≤ 6000 chars)."""
     out = {}
@@ -52,7 +60,9 @@ class RunLogger:
         self.client = mlflow.MlflowClient(tracking_uri(recipe))
         self.pending: list = []
         exp = self.client.get_experiment_by_name(recipe.tracking.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(recipe.tracking.experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            recipe.tracking.experiment, artifact_location=artifact_location(tracking_uri(recipe))
+        )
         all_tags = {"soupkitchen.recipe": recipe.name, **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
