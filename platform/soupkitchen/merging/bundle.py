@@ -1,0 +1,318 @@
+"""Soup bundle: everything needed to serve a soup, as a directory with a manifest.
+
+    <dir>/bundle.json                 base reference, objectives, adapters (+ sha256, r, α), targets,
+                                      module shapes, β, α (extrapolation), γ, normalisation, ref point
+    <dir>/adapters/<name>.safetensors  LoRA A/B only (PEFT keys; value heads and W0 copies dropped)
+
+Adapter i is the backbone of objective i. ``load_bundle`` checks everything and refuses an inconsistent
+bundle with a ``ConfigError`` naming the field and the fix; ``write_bundle`` runs the same checks on the
+temp dir before renaming it into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from soupkitchen.checkpoint import sha256_of
+from soupkitchen.config import ConfigError, ModelConfig, from_dict, to_dict
+from soupkitchen.merging.mixed import (
+    LoraSpec,
+    build_mixed_model,
+    load_adapter_state,
+    lora_specs,
+    parse_adapter,
+    stack_adapters,
+)
+from soupkitchen.preferences import circulant_matrix, merge_coefficients
+
+BUNDLE_FORMAT = "soupkitchen.soup/v1"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Bundle:
+    """A validated soup bundle; ``adapters`` are the loaded LoRA state dicts (adapter i ↔ objective i)."""
+
+    directory: Path
+    base: dict
+    objectives: list[str]
+    names: list[str]
+    lora: list[LoraSpec]
+    adapters: list[dict[str, torch.Tensor]]
+    beta: float | None
+    alpha: float
+    gamma: float | None
+    normalization: dict[str, dict[str, float]]
+    ref_point: list[float]
+    modules: dict[str, list[int]]
+
+    @property
+    def n(self) -> int:
+        return len(self.objectives)
+
+    def coefficients(self, mu, method: str = "bone_soup", alpha: float | None = None) -> torch.Tensor:
+        """c = (1 + α) B⁻¹μ for μ [n] or a batch [k, n] (``preferences.merge_coefficients``).
+
+        ``bone_soup`` uses the bundle's β and (unless given) α; ``rewarded_soups`` is c = (1 + α)μ with α = 0
+        unless given. Returns float32 [n] or [k, n], ready for ``set_coefficients``.
+        """
+        if method == "bone_soup":
+            if self.beta is None:
+                raise ValueError(
+                    "bundle has beta: null (Rewarded Soups backbones); use method='rewarded_soups'"
+                )
+            beta, a = self.beta, self.alpha if alpha is None else alpha
+        elif method == "rewarded_soups":
+            beta, a = None, 0.0 if alpha is None else alpha
+        else:
+            raise ValueError(f"method must be 'bone_soup' or 'rewarded_soups', got {method!r}")
+        mu = np.asarray(mu, dtype=np.float64)
+        if mu.ndim == 2:
+            return torch.tensor(np.stack([merge_coefficients(m, beta, a) for m in mu]), dtype=torch.float32)
+        return torch.tensor(merge_coefficients(mu, beta, a), dtype=torch.float32)
+
+    def load_base_model(self, device: str = "cpu"):
+        """``(model, tokenizer)`` from ``base["model"]`` (a ModelConfig as dict) via ``load_base_model``."""
+        from soupkitchen.models import load_base_model
+
+        if not isinstance(self.base.get("model"), dict):
+            raise ConfigError("base.model", "bundle has no ModelConfig under base.model; load W0 yourself")
+        return load_base_model(from_dict(ModelConfig, self.base["model"], "base.model"), device=device)
+
+    def mixed_model(self, base_model: nn.Module) -> nn.Module:
+        """``build_mixed_model`` of this bundle's adapters over ``base_model`` (modified in place)."""
+        return build_mixed_model(base_model, self.adapters, self.lora, self.names)
+
+
+def _finite(x, path: str, lo: float | None = None, lo_open: bool = False, fix: str = "") -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise ConfigError(path, f"must be a finite number, got {x!r}{fix}")
+    if lo is not None and (x <= lo if lo_open else x < lo):
+        raise ConfigError(path, f"must be {'>' if lo_open else '>='} {lo}, got {x}{fix}")
+    return float(x)
+
+
+def _check_doc(doc: dict) -> tuple[list[str], list[str], list[LoraSpec]]:
+    """Field checks that need no files: returns (objectives, names, lora specs)."""
+    if doc.get("format") != BUNDLE_FORMAT:
+        raise ConfigError(
+            "format", f"expected {BUNDLE_FORMAT!r}, got {doc.get('format')!r}; not a soup bundle"
+        )
+    if not isinstance(doc.get("base"), dict) or not doc["base"]:
+        raise ConfigError("base", "must be a non-empty mapping referencing W0 (e.g. {'model': ModelConfig})")
+    objectives = doc.get("objectives")
+    if (
+        not isinstance(objectives, list)
+        or not objectives
+        or not all(isinstance(o, str) and o for o in objectives)
+    ):
+        raise ConfigError("objectives", f"must be a non-empty list of names, got {objectives!r}")
+    if len(set(objectives)) != len(objectives):
+        raise ConfigError("objectives", f"names must be unique, got {objectives}")
+    n = len(objectives)
+    entries = doc.get("adapters")
+    if not isinstance(entries, list) or len(entries) != n:
+        got = len(entries) if isinstance(entries, list) else entries
+        raise ConfigError(
+            "adapters", f"has {got} adapters but there are {n} objectives; one backbone per objective"
+        )
+    names = []
+    for i, e in enumerate(entries):
+        for key in ("name", "file", "sha256", "r", "alpha"):
+            if not isinstance(e, dict) or key not in e:
+                raise ConfigError(f"adapters[{i}].{key}", "is missing; re-write the bundle with write_bundle")
+        names.append(e["name"])
+    if len(set(names)) != n:
+        raise ConfigError("adapters", f"adapter names must be unique, got {names}")
+    targets = doc.get("target_modules")
+    if not isinstance(targets, list) or not targets:
+        raise ConfigError("target_modules", f"must be the non-empty list of LoRA targets, got {targets!r}")
+    specs = []
+    for i, e in enumerate(entries):
+        if isinstance(e["r"], bool) or not isinstance(e["r"], int) or e["r"] < 1:
+            raise ConfigError(f"adapters[{i}].r", f"must be an int >= 1, got {e['r']!r}")
+        alpha = _finite(e["alpha"], f"adapters[{i}].alpha", 0.0, lo_open=True)
+        specs.append(LoraSpec(e["r"], alpha, tuple(targets), bool(e.get("use_rslora", False))))
+    if doc.get("beta") is not None:
+        try:
+            circulant_matrix(n, doc["beta"])
+        except ValueError as err:
+            raise ConfigError("beta", f"{err}; use null for Rewarded Soups (B = I)") from err
+    _finite(doc.get("alpha"), "alpha", 0.0, fix=" (extrapolation strength α >= 0; 0 = none)")
+    if doc.get("gamma") is not None:
+        _finite(doc["gamma"], "gamma", 0.0)
+    norm = doc.get("normalization")
+    if not isinstance(norm, dict) or set(norm) != set(objectives):
+        keys = sorted(norm) if isinstance(norm, dict) else norm
+        raise ConfigError("normalization", f"needs exactly one entry per objective {objectives}, got {keys}")
+    for o in objectives:
+        if not isinstance(norm[o], dict) or set(norm[o]) != {"mean", "std"}:
+            raise ConfigError(f"normalization.{o}", f"must be {{mean, std}}, got {norm[o]!r}")
+        _finite(norm[o]["mean"], f"normalization.{o}.mean")
+        _finite(norm[o]["std"], f"normalization.{o}.std", 0.0, lo_open=True, fix=" (use 1.0 for raw rewards)")
+    ref = doc.get("ref_point")
+    if not isinstance(ref, list) or len(ref) != n:
+        raise ConfigError("ref_point", f"must list one value per objective ({n}), got {ref!r}")
+    for j, v in enumerate(ref):
+        _finite(v, f"ref_point[{j}]")
+    return objectives, names, specs
+
+
+def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> Bundle:
+    """Read and validate a bundle (files, sha256, n, ranks, targets, shapes, β, α, normalisation, ref point).
+
+    With ``base_model``, the adapters are also checked against its layers (module names and shapes).
+    """
+    directory = Path(directory)
+    manifest = directory / "bundle.json"
+    if not manifest.is_file():
+        raise ConfigError("bundle.json", f"not found in {directory}; write the bundle with write_bundle")
+    try:
+        doc = json.loads(manifest.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError("bundle.json", f"is not valid JSON ({err}); re-write the bundle") from err
+    objectives, names, specs = _check_doc(doc)
+    states = []
+    for i, e in enumerate(doc["adapters"]):
+        path = directory / e["file"]
+        if not path.is_file():
+            raise ConfigError(f"adapters[{i}].file", f"{path} is missing; copy the whole bundle directory")
+        if sha256_of(path) != e["sha256"]:
+            raise ConfigError(
+                f"adapters[{i}].sha256",
+                f"{e['file']} does not match the recorded sha256 (modified or truncated)",
+            )
+        states.append(load_file(str(path)))
+    try:
+        _, stacked = stack_adapters(None, states, specs, names)
+    except ValueError as err:
+        raise ConfigError("adapters", f"{err} (bundle.json: adapters[].r / alpha, target_modules)") from err
+    shapes = {m: [ab[0][0].shape[1], ab[0][1].shape[0]] for m, ab in stacked.items()}
+    if shapes != doc.get("modules"):
+        raise ConfigError(
+            "modules", "recorded base layer shapes do not match the adapters' tensors; re-write"
+        )
+    if base_model is not None:
+        try:
+            stack_adapters(base_model, states, specs, names)
+        except (ValueError, TypeError) as err:
+            raise ConfigError("base", f"adapters do not fit this base model: {err}") from err
+    return Bundle(
+        directory=directory,
+        base=doc["base"],
+        objectives=objectives,
+        names=names,
+        lora=specs,
+        adapters=states,
+        beta=None if doc.get("beta") is None else float(doc["beta"]),
+        alpha=float(doc["alpha"]),
+        gamma=None if doc.get("gamma") is None else float(doc["gamma"]),
+        normalization=doc["normalization"],
+        ref_point=[float(v) for v in doc["ref_point"]],
+        modules=shapes,
+    )
+
+
+def write_bundle(
+    directory: str | Path,
+    base: Mapping | ModelConfig,
+    adapters: Sequence[tuple[str, str | Path]],
+    beta: float | None,
+    alpha: float,
+    objectives: Sequence[str],
+    normalization: Mapping[str, Mapping[str, float]],
+    ref_point: Sequence[float],
+    lora_config,
+    gamma: float | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Write ``bundle.json`` + ``adapters/<name>.safetensors`` (+ sha256) atomically; return it loaded.
+
+    ``adapters`` are ``(name, path)`` in objective order; a path is a safetensors file or a checkpoint dir
+    (``trainable.safetensors`` with ``adapter.*`` keys, or PEFT's ``adapter_model.safetensors``).
+    ``base`` is a JSON-able reference to W0, or a ModelConfig (stored as ``{"model": ...}``).
+    ``lora_config`` is one config or one per adapter (ranks may differ).
+    """
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()) and not overwrite:
+        raise FileExistsError(f"{directory} exists and is not empty; pass overwrite=True to replace it")
+    if dataclasses.is_dataclass(base):
+        base = {"model": to_dict(base)}
+    for name, _ in adapters:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError("adapters", f"name {name!r} must be a plain file name ([A-Za-z0-9_.-])")
+    specs = lora_specs(lora_config, len(adapters))
+    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    (tmp / "adapters").mkdir(parents=True)
+    try:
+        entries, modules = [], {}
+        for (name, src), spec in zip(adapters, specs, strict=True):
+            pairs, _ = parse_adapter(load_adapter_state(src), name)
+            tensors = {}
+            for m, (A, B) in pairs.items():
+                tensors[f"base_model.model.{m}.lora_A.weight"] = A.contiguous()
+                tensors[f"base_model.model.{m}.lora_B.weight"] = B.contiguous()
+                modules.setdefault(m, [A.shape[1], B.shape[0]])
+            rel = f"adapters/{name}.safetensors"
+            save_file(tensors, str(tmp / rel))
+            entries.append(
+                {
+                    "name": name,
+                    "file": rel,
+                    "sha256": sha256_of(tmp / rel),
+                    "r": spec.r,
+                    "alpha": spec.alpha,
+                    "use_rslora": spec.use_rslora,
+                }
+            )
+        doc = {
+            "format": BUNDLE_FORMAT,
+            "base": dict(base),
+            "objectives": list(objectives),
+            "adapters": entries,
+            "target_modules": list(specs[0].target_modules),
+            "modules": modules,
+            "beta": beta,
+            "alpha": alpha,
+            "gamma": gamma,
+            "normalization": {k: dict(v) for k, v in normalization.items()},
+            "ref_point": [float(v) for v in ref_point],
+        }
+        if any(s.target_modules != specs[0].target_modules for s in specs):
+            raise ConfigError("target_modules", "all adapters must share the same lora target_modules")
+        (tmp / "bundle.json").write_text(json.dumps(doc, indent=1))
+        load_bundle(tmp)  # the same checks as a reader's, before the bundle becomes visible
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_bundle(directory)
+
+
+def adapters_from_manifest(manifest: str | Path) -> list[tuple[str, Path]]:
+    """``(name, adapter file)`` of each backbone of a backbones manifest (``backbones.write_manifest``)."""
+    doc = json.loads(Path(manifest).read_text())
+    out = []
+    for i, b in enumerate(doc.get("backbones", [])):
+        ckpt = str(b["checkpoint"]).removeprefix("file://")
+        if "://" in ckpt:
+            raise ConfigError(
+                f"backbones[{i}].checkpoint", f"{ckpt} is remote; download it and pass local paths"
+            )
+        out.append((b["name"], Path(ckpt) / b.get("adapter_file", "trainable.safetensors")))
+    return out
