@@ -103,7 +103,16 @@ def backbone_trial(config: dict) -> None:
     if result.checkpoint is None:
         raise RuntimeError(f"backbone {spec['name']} finished without a checkpoint")
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    ray.tune.report({**metrics, "checkpoint_uri": _uri(result.checkpoint), "backbone": spec["name"]})
+    with result.checkpoint.as_directory() as d:  # downloads when the storage is remote
+        normalizer = json.loads((Path(d) / "state.json").read_text())["trainer"]["normalizer"]
+    ray.tune.report(
+        {
+            **metrics,
+            "checkpoint_uri": _uri(result.checkpoint),
+            "backbone": spec["name"],
+            "normalizer_json": json.dumps(normalizer),
+        }
+    )
 
 
 def _uri(checkpoint) -> str:
@@ -149,6 +158,7 @@ def run(recipe: Recipe, method: str, run_name: str, storage: str) -> Path:
                 "weights": s.weights,
                 "checkpoint": m["checkpoint_uri"],
                 "adapter_file": "trainable.safetensors",
+                "reward_normalizer": json.loads(m["normalizer_json"]),
                 "rewards_first_steps": {o: m.get(f"start/reward/{o}") for o in recipe.objectives},
                 "rewards_last_steps": {o: m.get(f"end/reward/{o}") for o in recipe.objectives},
             }

@@ -36,6 +36,8 @@ def _ray(*args: str, env=None, check=True, timeout=300) -> subprocess.CompletedP
 def ray_head(tmp_path_factory):
     """``ray start --head`` on 127.0.0.1 with token auth (Ray 2.60 job server needs it); stopped after."""
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")
+    # `python` in a job's entrypoint is looked up on the head's PATH: make it this (virtualenv) interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     _ray("get-auth-token", "--generate", env=env, check=False)
     temp = tmp_path_factory.mktemp("ray")
     _ray("stop", "--force", env=env, check=False)

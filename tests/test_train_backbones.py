@@ -99,6 +99,7 @@ def test_bone_soup_backbones_through_ray_job_submit_with_kill_and_resume(ray_hea
     for b in manifest["backbones"]:
         state = json.loads((Path(b["checkpoint"]) / "state.json").read_text())
         assert state["data_position"] == 20 and (Path(b["checkpoint"]) / b["adapter_file"]).exists()
+        assert b["reward_normalizer"] == state["trainer"]["normalizer"]
 
     # 3. Each backbone's scalarised reward rose, and the two lean to opposite objectives.
     for b in manifest["backbones"]:
