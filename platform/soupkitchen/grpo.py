@@ -465,12 +465,9 @@ class RolloutMeter:
 
 def adapter_state_dict(trainer: Any) -> dict:
     """The trained LoRA weights as ``adapter.<peft key>`` tensors, keyed like ``PolicyWithValue``'s."""
-    from peft import get_peft_model_state_dict
+    from soupkitchen.ppo.policy import adapter_state_dict as peft_adapter_state_dict
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    return {
-        f"adapter.{k}": v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()
-    }
+    return peft_adapter_state_dict(trainer.accelerator.unwrap_model(trainer.model))
 
 
 def train_grpo_backbone(

@@ -34,6 +34,16 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def adapter_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights as ``adapter.<peft key>`` CPU tensors: the key layout of every backbone checkpoint."""
+    from peft import get_peft_model_state_dict
+
+    return {
+        f"adapter.{k}": v.detach().cpu().contiguous()
+        for k, v in get_peft_model_state_dict(peft_model).items()
+    }
+
+
 class PolicyWithValue(nn.Module):
     """``forward`` → (logits [B, L, V], values [B, L, K]); ``reference()`` disables the LoRA adapter."""
 
@@ -65,11 +75,14 @@ class PolicyWithValue(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Adapter + value heads: the only weights PPO changes (W0 stays frozen)."""
-        from peft import get_peft_model_state_dict
-
-        state = {f"adapter.{k}": v for k, v in get_peft_model_state_dict(self.policy).items()}
-        state.update({f"value_heads.{k}": v for k, v in self.value_heads.state_dict().items()})
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        state = adapter_state_dict(self.policy)
+        state.update(
+            {
+                f"value_heads.{k}": v.detach().cpu().contiguous()
+                for k, v in self.value_heads.state_dict().items()
+            }
+        )
+        return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
