@@ -143,10 +143,22 @@ def run(recipe: Recipe, method: str, run_name: str, storage: str) -> Path:
         tune_config=tune.TuneConfig(max_concurrent_trials=len(specs)),
         run_config=tune.RunConfig(name=f"{run_name}-launcher", storage_path=storage),
     )
-    results = tuner.fit()
+    try:
+        manifest = collect_manifest(tuner.fit(), recipe, method, specs, storage, run_name)
+    except BaseException:
+        parent.finish("FAILED")  # never leave the parent run RUNNING
+        raise
+    parent.client.log_artifact(parent.run_id, str(manifest))
+    parent.finish()
+    return manifest
+
+
+def collect_manifest(
+    results, recipe: Recipe, method: str, specs: list[BackboneSpec], storage: str, run_name: str
+):
+    """The trials' results → ``manifest.json`` (raises if any backbone failed)."""
     errors = [r.error for r in results if r.error]
     if errors:
-        parent.finish("FAILED")
         raise RuntimeError(f"{len(errors)} backbone(s) failed; first error: {errors[0]}")
     by_name = {r.metrics["backbone"]: r.metrics for r in results}
     backbones = []
@@ -163,13 +175,7 @@ def run(recipe: Recipe, method: str, run_name: str, storage: str) -> Path:
                 "rewards_last_steps": {o: m.get(f"end/reward/{o}") for o in recipe.objectives},
             }
         )
-    manifest = write_manifest(
-        Path(_local_out(storage, run_name)) / "manifest.json", recipe, method, backbones
-    )
-    parent.log_metrics({}, 0)
-    parent.client.log_artifact(parent.run_id, str(manifest))
-    parent.finish()
-    return manifest
+    return write_manifest(Path(_local_out(storage, run_name)) / "manifest.json", recipe, method, backbones)
 
 
 def _local_out(storage: str, run_name: str) -> str:

@@ -139,3 +139,21 @@ def test_checkpoint_resume_continues_bit_for_bit(tmp_path):
     (tmp_path / "ckpt" / "trainable.safetensors").write_bytes(blob[:-8] + b"\0" * 8)
     with pytest.raises(ValueError, match="corrupt"):
         build_trainer(recipe, weights, restore=tmp_path / "ckpt")
+
+
+def test_resume_with_another_worker_layout_is_refused(tmp_path):
+    import json
+
+    from soupkitchen.config import ConfigError
+
+    recipe = load_recipe("tiny", {"ppo.steps": 1})
+    weights = backbone_specs(recipe)[0].weights
+    trainer, _ = _train(recipe, weights, 1)
+    save_checkpoint(trainer, tmp_path / "ckpt", {"data_position": 1})
+    state_file = tmp_path / "ckpt" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["layout"] == {"world_size": 1, "zero_stage": 0}
+    state["layout"] = {"world_size": 2, "zero_stage": 3}
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="cannot be re-partitioned"):
+        build_trainer(recipe, weights, restore=tmp_path / "ckpt")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soupkitchen.config import Recipe, from_dict, to_dict
+from soupkitchen.config import ConfigError, Recipe, from_dict, to_dict
 from soupkitchen.preferences import backbone_weights
 
 METHODS = ("bone_soup", "rewarded_soups", "morlhf")
@@ -97,6 +97,15 @@ def build_trainer(recipe: Recipe, weights, *, device="cpu", comm=None, use_deeps
     state = opt_state = None
     if restore is not None:
         trainable, opt_state, state = load_training_checkpoint(restore, comm.rank)
+        saved = state.get("layout", {})
+        stage = recipe.distributed.zero_stage if use_deepspeed else 0
+        layout = {"world_size": comm.world_size, "zero_stage": stage}
+        if saved and saved != layout:
+            raise ConfigError(
+                "distributed",
+                f"checkpoint {restore} was written with {saved}, this run has {layout}; optimiser shards "
+                "cannot be re-partitioned: keep num_workers/zero_stage, or start a new --run-name",
+            )
         model.load_trainable_state_dict(trainable)  # before DeepSpeed copies the weights into its partitions
     if use_deepspeed:
         import deepspeed
@@ -139,7 +148,11 @@ def save_checkpoint(trainer, directory, extra: dict) -> Path:
     rank = trainer.comm.rank
     with trainer.optimizer.gathered_parameters():  # ZeRO-3 partitions weights: every rank joins the gather
         trainable = trainer.model.trainable_state_dict()
-    state = {"trainer": trainer.state_dict(), **extra}
+    layout = {
+        "world_size": trainer.comm.world_size,
+        "zero_stage": getattr(trainer.optimizer, "zero_stage", 0),
+    }
+    state = {"trainer": trainer.state_dict(), "layout": layout, **extra}
     return save_training_checkpoint(
         directory, trainable if rank == 0 else None, trainer.optimizer.state_dict(), state, rank
     )
@@ -171,7 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
             spec.weights,
             device=device,
             comm=comm,
-            use_deepspeed=recipe.distributed.zero_stage > 0,
+            use_deepspeed=recipe.distributed.zero_stage > 0 or world > 1,  # stage 0 = DDP all-reduce
             restore=ckpt_dir,
         )
     if rank == 0 and trainer.global_step:

@@ -109,4 +109,6 @@ def load_training_checkpoint(directory: str | os.PathLike, rank: int = 0):
         tensors = load_file(_verified(directory / name, own["files"][name]))
         optimizer = (tensors, own["optimizer"])
     state = {k: v for k, v in main.items() if k not in ("files", "optimizer")}
+    if rank and "trainer" in own:  # each rank resumes its own sampling/shuffling RNG stream
+        state["trainer"] = {**state["trainer"], "generator": own["trainer"]["generator"]}
     return trainable, optimizer, state

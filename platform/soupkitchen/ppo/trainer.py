@@ -95,6 +95,7 @@ class DeepSpeedOptimizer:
 
     def __init__(self, engine):
         self.engine = engine
+        self.zero_stage = engine.zero_optimization_stage()
 
     def step(self, loss: torch.Tensor) -> float:
         self.engine.backward(loss)
@@ -107,11 +108,7 @@ class DeepSpeedOptimizer:
         import deepspeed
 
         params = [p for p in self.engine.module.parameters() if p.requires_grad]
-        return (
-            deepspeed.zero.GatheredParameters(params)
-            if self.engine.zero_optimization_stage() == 3
-            else (contextlib.nullcontext())
-        )
+        return deepspeed.zero.GatheredParameters(params) if self.zero_stage == 3 else contextlib.nullcontext()
 
     def _partitions(self) -> list[torch.Tensor]:
         zero = self.engine.optimizer
@@ -199,6 +196,8 @@ class MOPPOTrainer:
             top_k=self.gen.top_k if self.gen.do_sample else None,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
+            # ZeRO-3 gathers weights in every forward: all ranks keep stepping until the last one is done.
+            synced_gpus=getattr(self.optimizer, "zero_stage", 0) == 3 and self.comm.world_size > 1,
         )
         P = enc["input_ids"].shape[1]
         response = out[:, P:]
