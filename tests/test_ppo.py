@@ -157,3 +157,12 @@ def test_resume_with_another_worker_layout_is_refused(tmp_path):
     state_file.write_text(json.dumps(state))
     with pytest.raises(ConfigError, match="cannot be re-partitioned"):
         build_trainer(recipe, weights, restore=tmp_path / "ckpt")
+
+
+def test_resume_with_other_lora_targets_is_refused(tmp_path):
+    recipe = load_recipe("tiny", {"ppo.steps": 1})
+    weights = backbone_specs(recipe)[0].weights
+    save_checkpoint(build_trainer(recipe, weights), tmp_path / "ckpt", {"data_position": 0})
+    wider = load_recipe("tiny", {"lora.target_modules": ["c_attn", "c_fc", "c_proj", "lm_head"]})
+    with pytest.raises(ValueError, match="does not match the recipe's LoRA.*missing"):
+        build_trainer(wider, weights, restore=tmp_path / "ckpt")

@@ -78,7 +78,9 @@ def save_training_checkpoint(
         doc = {"files": files, "optimizer": meta, **state}
         (tmp / (f"state-rank{rank}.json" if rank else "state.json")).write_text(json.dumps(doc, indent=1))
         directory.mkdir(exist_ok=True)
-        for f in tmp.iterdir():
+        # The state file names the tensor files' sha256: it goes in last, so a kill never leaves a state that
+        # points at files from another write.
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name.startswith("state")):
             os.replace(f, directory / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -91,8 +91,10 @@ class PolicyWithValue(nn.Module):
         heads = {k[len("value_heads.") :]: v for k, v in state.items() if k.startswith("value_heads.")}
         result = set_peft_model_state_dict(self.policy, adapter)
         unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        if unexpected or missing:
             raise ValueError(
-                f"checkpoint adapter does not match the recipe's LoRA: unexpected {unexpected[:3]}"
+                f"checkpoint adapter does not match the recipe's LoRA (lora.target_modules / lora.r): "
+                f"unexpected {unexpected[:3]}, missing {missing[:3]}"
             )
         self.value_heads.load_state_dict(heads)
