@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from jobs.train_sft import main
+from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ModelConfig, load_recipe
 from soupkitchen.data import SFTExample, load_sft_examples, tiny_prompts
 from soupkitchen.models import load_base_model
-from soupkitchen.sft import MANIFEST, merge_lora, save_merged, sha256_file, tokenize_examples, train_sft
+from soupkitchen.sft import MANIFEST, merge_lora, save_merged, tokenize_examples, train_sft
 
 COMPLETION = " happy happy joy"  # leading space: the training text is prompt + completion
 
@@ -85,7 +86,7 @@ def test_sft_job_trains_and_writes_a_loadable_model(pairs, capsys):
     assert losses[-1] < losses[0] - 0.5, losses
     assert manifest["final_loss"] == losses[-1]
     assert manifest["lora_target_modules"] == ["c_attn", "c_fc"]  # lm_head left out for TRL
-    assert manifest["safetensors"] == {p.name: sha256_file(p) for p in out.glob("*.safetensors")}
+    assert manifest["safetensors"] == {p.name: sha256_of(p) for p in out.glob("*.safetensors")}
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dir left behind
 
     import mlflow

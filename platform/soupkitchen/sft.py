@@ -17,7 +17,6 @@ exact where ``lm_head`` is tied to the input embedding (merging into a shared we
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ConfigError, LoraConfig, ModelConfig, Recipe, to_dict
 from soupkitchen.data import SFTExample, load_sft_examples
 from soupkitchen.models import attach_lora, format_prompt, load_base_model, resolve_device
@@ -189,14 +189,6 @@ def merge_lora(policy):
     return merged.eval()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_merged(model, tokenizer, out: Path, manifest: dict) -> Path:
     """Write model (safetensors), tokenizer and ``sft_manifest.json`` into a temp dir, renamed to ``out``.
 
@@ -212,7 +204,7 @@ def save_merged(model, tokenizer, out: Path, manifest: dict) -> Path:
         files = sorted(tmp.glob("*.safetensors"))
         if not files:
             raise RuntimeError(f"save_pretrained wrote no safetensors file into {tmp}")
-        manifest = {**manifest, "safetensors": {p.name: sha256_file(p) for p in files}}
+        manifest = {**manifest, "safetensors": {p.name: sha256_of(p) for p in files}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if out.exists():
             os.replace(out, old)

@@ -17,7 +17,9 @@ log = logging.getLogger("soupkitchen.tracking")
 
 
 def data_dir() -> Path:
-    root = Path(os.environ.get("SOUPKITCHEN_CACHE", "~/.cache/soupkitchen")).expanduser()
+    from soupkitchen.models import cache_root
+
+    root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -60,8 +62,12 @@ class RunLogger:
         self.client = mlflow.MlflowClient(tracking_uri(recipe))
         self.pending: list = []
         exp = self.client.get_experiment_by_name(recipe.tracking.experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            recipe.tracking.experiment, artifact_location=artifact_location(tracking_uri(recipe))
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(
+                recipe.tracking.experiment, artifact_location=artifact_location(tracking_uri(recipe))
+            )
         )
         all_tags = {"soupkitchen.recipe": recipe.name, **(tags or {})}
         if parent_run_id:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ConfigError, ModelConfig
 from soupkitchen.models.base import load_hf_dir
 
@@ -83,11 +83,7 @@ def _sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of(path)
 
 
 def cache_root() -> Path:

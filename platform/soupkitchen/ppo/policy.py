@@ -11,6 +11,8 @@ import contextlib
 import torch
 from torch import nn
 
+from soupkitchen.models import left_pad_position_ids
+
 
 class ValueHeads(nn.Module):
     """One head per objective, each Linear(h, h) → ReLU → Linear(h, 1) (MOC Table 7)."""
@@ -27,11 +29,6 @@ class ValueHeads(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.cat([head(hidden) for head in self.heads], dim=-1)
-
-
-def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, identical to the ones ``generate`` uses."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def adapter_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
@@ -57,7 +54,7 @@ class PolicyWithValue(nn.Module):
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=position_ids_for(attention_mask),
+            position_ids=left_pad_position_ids(attention_mask),
             output_hidden_states=with_values,
             use_cache=False,
         )
