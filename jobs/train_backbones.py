@@ -171,6 +171,7 @@ def collect_manifest(
                 "checkpoint": m["checkpoint_uri"],
                 "adapter_file": "trainable.safetensors",
                 "reward_normalizer": json.loads(m["normalizer_json"]),
+                "resumed_from_step": int(m.get("resumed_from_step", 0)),
                 "rewards_first_steps": {o: m.get(f"start/reward/{o}") for o in recipe.objectives},
                 "rewards_last_steps": {o: m.get(f"end/reward/{o}") for o in recipe.objectives},
             }

@@ -88,12 +88,13 @@ def test_bone_soup_backbones_through_ray_job_submit_with_kill_and_resume(ray_hea
     job = _submit(ray_head, *args)
     status, log = _wait(ray_head, job), _logs(ray_head, job)
     assert status == "SUCCEEDED", log[-4000:]
-    for i in (0, 1):
-        assert f"[bone_soup-{i}] resumed at step" in log
-        steps = _steps(log, f"bone_soup-{i}")
-        assert max(steps) == 20 and min(steps) > 1, steps  # continued, did not start over
-
     manifest = json.loads((storage / run / "manifest.json").read_text())
+    for i, b in enumerate(manifest["backbones"]):
+        # Resumed from a registered checkpoint (every 5 steps), not from scratch. The manifest is checked,
+        # not the job log: Ray's log forwarding may drop worker lines when a job ends.
+        assert 0 < b["resumed_from_step"] <= killed_at[i] and b["resumed_from_step"] % 5 == 0, b
+        if steps := _steps(log, f"bone_soup-{i}"):
+            assert min(steps) > b["resumed_from_step"], steps  # continued, did not start over
     assert manifest["method"] == "bone_soup" and manifest["beta"] == 0.7
     assert [b["weights"] for b in manifest["backbones"]] == [[0.7, 0.3], [0.3, 0.7]]
     for b in manifest["backbones"]:

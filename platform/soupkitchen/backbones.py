@@ -187,8 +187,9 @@ def train_loop_per_worker(config: dict) -> None:
             use_deepspeed=recipe.distributed.zero_stage > 0 or world > 1,  # stage 0 = DDP all-reduce
             restore=ckpt_dir,
         )
-    if rank == 0 and trainer.global_step:
-        print(f"[{spec.name}] resumed at step {trainer.global_step}/{recipe.ppo.steps}", flush=True)
+    resumed_from = trainer.global_step  # reported with every result: the log can drop lines, results cannot
+    if rank == 0 and resumed_from:
+        print(f"[{spec.name}] resumed at step {resumed_from}/{recipe.ppo.steps}", flush=True)
     records = load_prompt_records(recipe.data, "train")
     local = recipe.ppo.batch_size // world
     logger = BackboneLogger(recipe, spec, config.get("parent_run_id")) if rank == 0 else None
@@ -201,6 +202,7 @@ def train_loop_per_worker(config: dict) -> None:
             print(progress_line(spec.name, stats, recipe), flush=True)
         step = trainer.global_step
         stats.update(trainer.reward_window("start") | trainer.reward_window("end"))
+        stats["resumed_from_step"] = resumed_from
         if step % recipe.ppo.checkpoint_every == 0 or step == recipe.ppo.steps:
             with tempfile.TemporaryDirectory() as tmp:
                 extra = {"backbone": to_dict(spec), "data_position": step, "objectives": recipe.objectives}
@@ -208,6 +210,13 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(stats, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"))
         else:
             ray.train.report(stats)
+    if restore is not None and resumed_from >= recipe.ppo.steps:
+        # Finished in an earlier run (e.g. a comparison re-using it): hand its checkpoint back as the result.
+        stats = {"step": resumed_from, "resumed_from_step": resumed_from}
+        stats.update(trainer.reward_window("start") | trainer.reward_window("end"))
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None if rank else ray.train.Checkpoint.from_directory(restore.to_directory(f"{tmp}/c"))
+            ray.train.report(stats, checkpoint=ckpt)
     if logger:
         logger.finish(trainer.normalizer.state_dict())
 
