@@ -63,3 +63,14 @@ def ray_head(tmp_path_factory):
     yield {"address": address, "env": env, "ray": _ray}
     _ray("stop", "--force", env=env, check=False)
     shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_policies(tmp_path_factory):
+    """The tiny recipe's Bone Soup, Rewarded Soups and MORLHF policies, trained once per session in-process
+    (20 PPO steps each; a policy shared by two methods is trained once) with one manifest per method."""
+    from soupkitchen.config import load_recipe
+    from tests.tiny_training import train_policies
+
+    recipe = load_recipe("tiny")
+    return recipe, train_policies(recipe, tmp_path_factory.mktemp("tiny-policies"))

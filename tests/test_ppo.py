@@ -6,8 +6,8 @@ import torch
 
 from soupkitchen.backbones import backbone_specs, build_trainer, prompt_schedule, save_checkpoint
 from soupkitchen.config import load_recipe
-from soupkitchen.data import load_prompt_records
 from soupkitchen.ppo import AdaptiveKLController, FixedWeights, PerSamplePreference, Tchebycheff, core
+from tests.tiny_training import train_tiny
 
 
 def test_gae_matches_a_hand_loop_per_objective():
@@ -91,20 +91,11 @@ def test_prompt_schedule_is_a_resumable_sequence_of_epochs():
     assert prompt_schedule(10, 4, 3, seed=3) == full[12:16]
 
 
-def _train(recipe, weights, steps, trainer=None):
-    records = load_prompt_records(recipe.data, "train")
-    trainer = trainer or build_trainer(recipe, weights)
-    history = []
-    while trainer.global_step < steps:
-        idx = prompt_schedule(len(records), recipe.ppo.batch_size, trainer.global_step, recipe.data.seed)
-        history.append(trainer.step([records[i].prompt for i in idx]))
-    return trainer, history
-
-
 @pytest.fixture(scope="module")
-def trained_tiny_backbones():
-    recipe = load_recipe("tiny")
-    return recipe, [_train(recipe, s.weights, recipe.ppo.steps) for s in backbone_specs(recipe)]
+def trained_tiny_backbones(tiny_policies):
+    recipe, trained = tiny_policies
+    ws = [tuple(s.weights) for s in backbone_specs(recipe)]
+    return recipe, [(trained["trainers"][w], trained["histories"][w]) for w in ws]
 
 
 def test_tiny_backbones_learn_their_own_trade_off(trained_tiny_backbones):
@@ -123,12 +114,12 @@ def test_tiny_backbones_learn_their_own_trade_off(trained_tiny_backbones):
 def test_checkpoint_resume_continues_bit_for_bit(tmp_path):
     recipe = load_recipe("tiny", {"ppo.steps": 4})
     weights = backbone_specs(recipe)[0].weights
-    straight, history = _train(recipe, weights, 4)
-    half, _ = _train(recipe, weights, 2)
+    straight, history = train_tiny(recipe, weights, 4)
+    half, _ = train_tiny(recipe, weights, 2)
     save_checkpoint(half, tmp_path / "ckpt", {"data_position": 2})
     resumed = build_trainer(recipe, weights, restore=tmp_path / "ckpt")
     assert resumed.global_step == 2
-    resumed, resumed_history = _train(recipe, weights, 4, resumed)
+    resumed, resumed_history = train_tiny(recipe, weights, 4, resumed)
     assert resumed_history[-1]["reward/scalarized"] == pytest.approx(history[-1]["reward/scalarized"])
     a, b = straight.model.trainable_state_dict(), resumed.model.trainable_state_dict()
     assert a.keys() == b.keys()
@@ -148,7 +139,7 @@ def test_resume_with_another_worker_layout_is_refused(tmp_path):
 
     recipe = load_recipe("tiny", {"ppo.steps": 1})
     weights = backbone_specs(recipe)[0].weights
-    trainer, _ = _train(recipe, weights, 1)
+    trainer, _ = train_tiny(recipe, weights, 1)
     save_checkpoint(trainer, tmp_path / "ckpt", {"data_position": 1})
     state_file = tmp_path / "ckpt" / "state.json"
     state = json.loads(state_file.read_text())

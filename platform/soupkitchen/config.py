@@ -211,6 +211,8 @@ class EvalConfig:
     num_prompts: int = _num(16, 1, None)
     batch_size: int = _num(16, 1, None)
     greedy: bool = True
+    samples_per_prompt: int = _num(1, 1, None)  # sampled responses per prompt and μ (greedy: 1)
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.2])  # Bone Soup α compared (0 = none)
 
 
 @dataclass
@@ -288,6 +290,15 @@ class Recipe:
             raise ConfigError(
                 "eval.ref_point", f"has {len(self.eval.ref_point)} entries, need one per objective ({n})"
             )
+        for i, a in enumerate(self.eval.alphas):
+            if not (math.isfinite(a) and 0.0 <= a <= 1.0):
+                raise ConfigError(f"eval.alphas.{i}", f"α must be in [0, 1] (0 = no extrapolation), got {a}")
+        if self.eval.greedy and self.eval.samples_per_prompt > 1:
+            raise ConfigError(
+                "eval.samples_per_prompt", "greedy decoding repeats itself: set eval.greedy false or use 1"
+            )
+        if not self.eval.alphas:
+            raise ConfigError("eval.alphas", "needs at least one α; [0.0] evaluates without extrapolation")
         steps = 1.0 / self.eval.grid_step
         if abs(steps - round(steps)) > 1e-9:
             raise ConfigError(

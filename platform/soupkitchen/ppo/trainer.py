@@ -27,6 +27,7 @@ import torch
 
 from soupkitchen.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 from soupkitchen.config import GenerationConfig, PPOConfig
+from soupkitchen.generation import generate_batch
 from soupkitchen.ppo import core
 from soupkitchen.ppo.comm import LocalComm
 from soupkitchen.ppo.kl import make_kl_controller
@@ -174,49 +175,20 @@ class MOPPOTrainer:
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> Rollout:
-        tok = self.tokenizer
-        enc = tok(
-            [self.format_prompt(p) for p in prompts],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.max_prompt_tokens,
-            add_special_tokens=False,
-        ).to(self.device)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
         self.model.eval()
-        out = self.model.policy.generate(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            max_new_tokens=self.gen.max_new_tokens,
-            min_new_tokens=1,
-            do_sample=self.gen.do_sample,
-            temperature=self.gen.temperature if self.gen.do_sample else None,
-            top_p=self.gen.top_p if self.gen.do_sample else None,
-            top_k=self.gen.top_k if self.gen.do_sample else None,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
+        g = generate_batch(
+            self.model.policy,
+            self.tokenizer,
+            prompts,
+            self.gen,
+            format_prompt=self.format_prompt,
+            max_prompt_tokens=self.max_prompt_tokens,
+            device=self.device,
             # ZeRO-3 gathers weights in every forward: all ranks keep stepping until the last one is done.
             synced_gpus=getattr(self.optimizer, "zero_stage", 0) == 3 and self.comm.world_size > 1,
         )
-        P = enc["input_ids"].shape[1]
-        response = out[:, P:]
-        is_eos = response == tok.eos_token_id
-        has_eos = is_eos.any(-1)
-        # 1 up to and including the first EOS; everything after it is padding.
-        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-        response_mask = (~after_eos).long()
-        attention_mask = torch.cat([enc["attention_mask"], response_mask], dim=1)
-        texts = [
-            self._clean(tok.decode(r[m.bool()], skip_special_tokens=True))
-            for r, m in zip(response, response_mask, strict=True)
-        ]
-        return Rollout(out, attention_mask, response_mask, P, texts, has_eos)
-
-    def _clean(self, text: str) -> str:
-        for stop in self.gen.stop:
-            text = text.split(stop, 1)[0]
-        return text.strip()
+        return Rollout(g.sequences, g.attention_mask, g.response_mask, g.prompt_len, g.texts, g.has_eos)
 
     def score(self, rollout: Rollout, contexts: list[str]) -> Rollout:
         """R_raw from every objective; the normaliser sees all workers' rows so all normalise alike."""

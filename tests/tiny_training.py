@@ -1,0 +1,65 @@
+"""In-process PPO on the tiny recipe, shared by the tests that need trained backbones (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from soupkitchen.backbones import (
+    BackboneSpec,
+    backbone_specs,
+    build_trainer,
+    prompt_schedule,
+    save_checkpoint,
+    write_manifest,
+)
+from soupkitchen.config import to_dict
+from soupkitchen.data import load_prompt_records
+
+METHODS = ("bone_soup", "rewarded_soups", "morlhf")
+
+
+def train_tiny(recipe, weights, steps, trainer=None):
+    """``(trainer, per-step stats)`` after PPO on the tiny recipe's training prompts up to ``steps``."""
+    records = load_prompt_records(recipe.data, "train")
+    trainer = trainer or build_trainer(recipe, weights)
+    history = []
+    while trainer.global_step < steps:
+        idx = prompt_schedule(len(records), recipe.ppo.batch_size, trainer.global_step, recipe.data.seed)
+        history.append(trainer.step([records[i].prompt for i in idx]))
+    return trainer, history
+
+
+def train_policies(recipe, out: Path) -> dict:
+    """Every policy Bone Soup, Rewarded Soups and MORLHF need (one PPO run per distinct w, shared between
+    methods as ``jobs/compare.py`` does), checkpointed under ``out``, with one manifest per method.
+
+    Returns ``{"histories": {w: stats}, "manifests": {method: path}, "trainers": {w: trainer}}``.
+    """
+    specs = {m: backbone_specs(recipe, m) for m in METHODS}
+    trained, histories = {}, {}
+    for s in (s for m in METHODS for s in specs[m]):
+        w = tuple(s.weights)
+        if w in trained:
+            continue
+        trainer, history = train_tiny(recipe, s.weights, recipe.ppo.steps)
+        directory = out / f"policy-{'-'.join(f'{x:g}' for x in w)}"
+        save_checkpoint(trainer, directory, {"backbone": to_dict(BackboneSpec(s.name, s.weights))})
+        trained[w], histories[w] = (trainer, directory), history
+    manifests = {}
+    for m in METHODS:
+        entries = [
+            {
+                "name": s.name,
+                "weights": s.weights,
+                "checkpoint": str(trained[tuple(s.weights)][1]),
+                "adapter_file": "trainable.safetensors",
+                "reward_normalizer": trained[tuple(s.weights)][0].normalizer.state_dict(),
+            }
+            for s in specs[m]
+        ]
+        manifests[m] = write_manifest(out / m / "manifest.json", recipe, m, entries)
+    return {
+        "histories": histories,
+        "manifests": manifests,
+        "trainers": {w: t for w, (t, _) in trained.items()},
+    }
