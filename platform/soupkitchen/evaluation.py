@@ -1,0 +1,411 @@
+"""Pareto-front evaluation of soup methods from real generations (notes/bonesoup.md §2, §4).
+
+Every compared method is a set of points; a point is a preference μ and a coefficient vector c over one
+shared list of LoRA adapters (all methods' backbones, deduplicated by file):
+
+    bone_soup        c = (1 + α) B(β)⁻¹ μ over its n backbones, for each α in ``eval.alphas`` (Eqs. 8-9)
+    rewarded_soups   c = μ over its n single-reward backbones
+    morlhf           c = e_j at μ = w_j: one point per policy trained on w_jᵀr (retrained per preference)
+    sft              c = 0: W0 alone, a single point
+
+All rows of all methods run through one mixed model (``merging.build_mixed_model``) with per-row c, in
+batches ordered by prompt, so every method sees the same prompts, decoding settings and batch shapes. A
+point's score is the mean raw reward per objective over the evaluation prompts; ``front_metrics`` scores
+each method's points against the recipe's reference point.
+
+    sources = {"bone_soup": read_source("runs/demo-bs/manifest.json"), ...}
+    plan = build_plan(recipe, sources)
+    result = evaluate(plan, recipe)            # generations, rewards, per-method points and metrics
+    write_outputs(result, "outputs/eval")      # points.csv, metrics.csv, front.png, samples.jsonl
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, to_dict
+from soupkitchen.metrics import METRIC_KEYS, front_metrics
+from soupkitchen.preferences import backbone_weights, merge_coefficients, preference_grid
+
+SOURCE_METHODS = ("bone_soup", "rewarded_soups", "morlhf")
+
+
+@dataclass
+class BackboneSource:
+    """The trained backbones of one method, read from a backbones manifest or a soup bundle."""
+
+    method: str
+    path: Path
+    objectives: list[str]
+    beta: float | None
+    names: list[str]
+    weights: list[list[float]]  # w_j of each backbone (its scalarisation during PPO)
+    adapters: list[Path]
+    lora: list  # one LoraConfig / LoraSpec per adapter
+    model: dict | None  # the ModelConfig (as dict) the backbones were trained on, when recorded
+
+
+@dataclass
+class MethodFront:
+    label: str
+    preferences: np.ndarray  # [k, n] μ of each point
+    coefficients: np.ndarray  # [k, m] c over ``EvalPlan.adapters``
+
+
+@dataclass
+class EvalPlan:
+    objectives: list[str]
+    adapters: list[Path]
+    names: list[str]
+    lora: list
+    fronts: list[MethodFront]
+
+
+@dataclass
+class EvalResult:
+    plan: EvalPlan
+    ref_point: list[float]
+    points: dict[str, np.ndarray]  # label → [k, n] mean raw reward per objective
+    lengths: dict[str, np.ndarray]  # label → [k] mean response length (words)
+    metrics: dict[str, dict[str, float]]
+    samples: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    generated_tokens: int = 0
+
+
+def read_source(path: str | Path, method: str | None = None, flag: str | None = None) -> BackboneSource:
+    """A backbones manifest (``train_backbones``' manifest.json) or a soup bundle directory.
+
+    ``method`` (if given) must match what the file says; ``flag`` names the CLI option in errors.
+    """
+    path = Path(path)
+    flag = flag or f"--{(method or 'source').replace('_', '-')}"
+    if path.is_dir() and (path / "bundle.json").is_file():
+        return _from_bundle(path, method, flag)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(flag, f"{path} is neither a backbones manifest.json nor a soup bundle directory")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(flag, f"{path} is not valid JSON ({e})") from e
+    if doc.get("format") != "soupkitchen.backbones/v1":
+        raise ConfigError(flag, f"{path} is not a backbones manifest (format {doc.get('format')!r})")
+    if method and doc["method"] != method:
+        raise ConfigError(flag, f"{path} holds {doc['method']} backbones, not {method}")
+    from soupkitchen.merging import adapters_from_manifest
+
+    recipe = doc.get("recipe", {})
+    lora = from_dict(LoraConfig, recipe.get("lora", {}), "lora")
+    files = [p for _, p in adapters_from_manifest(path)]
+    for name, f in zip((b["name"] for b in doc["backbones"]), files, strict=True):
+        if not f.is_file():
+            raise ConfigError(
+                flag, f"backbone {name}: adapter {f} is missing (was the run moved or cleaned?)"
+            )
+    return BackboneSource(
+        method=doc["method"],
+        path=path,
+        objectives=list(doc["objectives"]),
+        beta=doc.get("beta"),
+        names=[b["name"] for b in doc["backbones"]],
+        weights=[list(map(float, b["weights"])) for b in doc["backbones"]],
+        adapters=files,
+        lora=[lora] * len(files),
+        model=recipe.get("model"),
+    )
+
+
+def _from_bundle(path: Path, method: str | None, flag: str) -> BackboneSource:
+    from soupkitchen.merging import load_bundle
+
+    try:
+        b = load_bundle(path)
+    except ConfigError as e:
+        raise ConfigError(f"{flag} bundle.json {e.path}", e.msg) from e
+    kind = "rewarded_soups" if b.beta is None else "bone_soup"
+    if method and method != kind:
+        raise ConfigError(flag, f"bundle {path} is a {kind} soup (beta {b.beta}), not {method}")
+    return BackboneSource(
+        method=kind,
+        path=path,
+        objectives=b.objectives,
+        beta=b.beta,
+        names=b.names,
+        weights=[list(map(float, w)) for w in backbone_weights(b.n, b.beta)],
+        adapters=[path / f"adapters/{name}.safetensors" for name in b.names],
+        lora=list(b.lora),
+        model=b.base.get("model"),
+    )
+
+
+def _check_source(recipe: Recipe, src: BackboneSource, flag: str) -> None:
+    if src.objectives != recipe.objectives:
+        raise ConfigError(
+            flag, f"backbones were trained on objectives {src.objectives}, the recipe has {recipe.objectives}"
+        )
+    if src.model is not None and src.model != to_dict(recipe.model):
+        differ = sorted(k for k in src.model if src.model.get(k) != to_dict(recipe.model).get(k))
+        raise ConfigError(
+            flag,
+            f"backbones were trained over another base model (model.{', model.'.join(differ)} differ); "
+            "evaluate with the recipe they were trained with",
+        )
+    if src.method in ("bone_soup", "rewarded_soups") and len(src.names) != len(recipe.objectives):
+        raise ConfigError(flag, f"{src.method} needs one backbone per objective, got {len(src.names)}")
+
+
+def soup_front(label: str, idx: list[int], m: int, grid: np.ndarray, beta: float | None, alpha: float):
+    """BS (β) or RS (β None): c = (1 + α) B⁻¹μ on the adapters ``idx`` for every μ of ``grid``."""
+    C = np.zeros((len(grid), m))
+    C[:, idx] = [merge_coefficients(mu, beta, alpha) for mu in grid]
+    return MethodFront(label, np.asarray(grid, dtype=np.float64), C)
+
+
+def policy_front(label: str, idx: list[int], m: int, weights: list[list[float]]) -> MethodFront:
+    """One point per independently trained policy: c = e_j at μ = w_j (MORLHF)."""
+    C = np.zeros((len(idx), m))
+    C[np.arange(len(idx)), idx] = 1.0
+    return MethodFront(label, np.asarray(weights, dtype=np.float64), C)
+
+
+def alpha_label(alpha: float) -> str:
+    return "bone_soup" if alpha == 0 else f"bone_soup_a{alpha:g}"
+
+
+def build_plan(recipe: Recipe, sources: dict[str, BackboneSource], include_sft: bool = True) -> EvalPlan:
+    """The fronts to evaluate: every source's method (Bone Soup at each α of ``eval.alphas``) and SFT."""
+    n = len(recipe.objectives)
+    adapters: list[Path] = []
+    names: list[str] = []
+    lora: list = []
+    index: dict[Path, int] = {}
+    placed: dict[str, list[int]] = {}
+    for method, src in sources.items():
+        _check_source(recipe, src, f"--{method.replace('_', '-')}")
+        placed[method] = []
+        for name, path, cfg in zip(src.names, src.adapters, src.lora, strict=True):
+            key = path.resolve()
+            if key not in index:
+                index[key] = len(adapters)
+                adapters.append(path)
+                names.append(name if name not in names else f"{method}.{name}")
+                lora.append(cfg)
+            placed[method].append(index[key])
+    m, grid = len(adapters), preference_grid(n, recipe.eval.grid_step)
+    fronts = []
+    for method, src in sources.items():
+        idx = placed[method]
+        if method == "bone_soup":
+            if src.beta is None:
+                raise ConfigError("--bone-soup", f"{src.path} has no β (Rewarded Soups backbones?)")
+            fronts += [soup_front(alpha_label(a), idx, m, grid, src.beta, a) for a in recipe.eval.alphas]
+        elif method == "rewarded_soups":
+            fronts.append(soup_front("rewarded_soups", idx, m, grid, None, 0.0))
+        else:
+            fronts.append(policy_front(method, idx, m, src.weights))
+    if include_sft:
+        fronts.append(MethodFront("sft", np.full((1, n), 1.0 / n), np.zeros((1, m))))
+    if not fronts:
+        raise ConfigError(
+            "methods", "nothing to evaluate: give at least one of --bone-soup/--rewarded-soups/--morlhf"
+        )
+    return EvalPlan(list(recipe.objectives), adapters, names, lora, fronts)
+
+
+def load_mixed(plan: EvalPlan, recipe: Recipe, device: str = "cpu"):
+    """W0 from the recipe with every adapter of the plan stacked for per-row mixing: (model, tokenizer)."""
+    from soupkitchen.merging import build_mixed_model, load_adapter_state
+    from soupkitchen.models import load_base_model
+
+    model, tokenizer = load_base_model(recipe.model, device=device)
+    if plan.adapters:
+        states = [load_adapter_state(p) for p in plan.adapters]
+        model = build_mixed_model(model, states, plan.lora, plan.names)
+    return model, tokenizer
+
+
+def default_ref_point(points: dict[str, np.ndarray]) -> list[float]:
+    """Without ``eval.ref_point``: per objective, the worst mean reward of all methods minus 10% of the range
+    (shared by all methods of the run, so their hypervolumes compare; not comparable across runs)."""
+    allp = np.concatenate(list(points.values()))
+    lo, hi = allp.min(0), allp.max(0)
+    return [float(v) for v in lo - 0.1 * np.maximum(hi - lo, 1e-6)]
+
+
+@torch.no_grad()
+def evaluate(
+    plan: EvalPlan,
+    recipe: Recipe,
+    *,
+    split: str = "eval",
+    device: str | None = None,
+    model=None,
+    tokenizer=None,
+    rewards=None,
+    progress: bool = True,
+    keep_samples: int = 2,
+) -> EvalResult:
+    """Generate for every (method, μ, prompt) row, score every objective, average per point, front metrics.
+
+    ``model``/``tokenizer`` (from ``load_mixed``) and ``rewards`` can be passed to reuse them across calls.
+    Decoding: greedy if ``eval.greedy`` else the recipe's sampling settings, seeded by ``recipe.seed``.
+    ``keep_samples`` responses per point are kept in ``samples`` for inspection.
+    """
+    from tqdm.auto import tqdm
+
+    from soupkitchen.data import load_prompt_records
+    from soupkitchen.generation import generate_batch
+    from soupkitchen.merging import use_coefficients
+    from soupkitchen.models import format_prompt, resolve_device
+    from soupkitchen.rewards import build_rewards
+
+    device = device or resolve_device(recipe.device)
+    if model is None:
+        model, tokenizer = load_mixed(plan, recipe, device)
+    rewards = rewards or build_rewards(recipe.rewards, device=device)
+    records = load_prompt_records(recipe.data, split)[: recipe.eval.num_prompts]
+    if not records:
+        raise ConfigError("data", f"no {split} prompts to evaluate on")
+    # Rows ordered by prompt: a batch shares one prompt length (little padding) and mixes many c vectors.
+    cells = [(f, k) for f, fr in enumerate(plan.fronts) for k in range(len(fr.preferences))]
+    reps = recipe.eval.samples_per_prompt
+    rows = [(p, s, cell) for p in range(len(records)) for s in range(reps) for cell in cells]
+    n = len(plan.objectives)
+    sums = {cell: np.zeros(n) for cell in cells}
+    words = {cell: 0.0 for cell in cells}
+    samples, tokens = [], 0
+    fmt = lambda p: format_prompt(tokenizer, p, recipe.model.use_chat_template)  # noqa: E731
+    torch.manual_seed(recipe.seed)
+    bs = recipe.eval.batch_size
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, len(rows), bs), desc="evaluate front", disable=not progress, unit="batch"):
+        chunk = rows[start : start + bs]
+        c = np.stack([plan.fronts[f].coefficients[k] for _, _, (f, k) in chunk])
+        with use_coefficients(model, c) if plan.adapters else _nullctx():
+            g = generate_batch(
+                model,
+                tokenizer,
+                [records[p].prompt for p, _, _ in chunk],
+                recipe.generation,
+                format_prompt=fmt,
+                max_prompt_tokens=recipe.model.max_prompt_tokens,
+                device=device,
+                do_sample=not recipe.eval.greedy,
+            )
+        tokens += int(g.response_mask.sum())
+        scores = np.asarray(
+            rewards.score([records[p].context for p, _, _ in chunk], g.texts), dtype=np.float64
+        )
+        for (p, rep, cell), text, score in zip(chunk, g.texts, scores, strict=True):
+            sums[cell] += score
+            words[cell] += len(text.split())
+            if p < keep_samples and rep == 0:
+                fr = plan.fronts[cell[0]]
+                samples.append(
+                    {
+                        "method": fr.label,
+                        "mu": fr.preferences[cell[1]].tolist(),
+                        "prompt": records[p].prompt,
+                        "response": text,
+                        "rewards": dict(zip(plan.objectives, score.tolist(), strict=True)),
+                    }
+                )
+    seconds = time.perf_counter() - t0
+    count = len(records) * reps
+    points, lengths = {}, {}
+    for f, fr in enumerate(plan.fronts):
+        points[fr.label] = np.stack([sums[(f, k)] / count for k in range(len(fr.preferences))])
+        lengths[fr.label] = np.array([words[(f, k)] / count for k in range(len(fr.preferences))])
+    ref = list(recipe.eval.ref_point) if recipe.eval.ref_point is not None else default_ref_point(points)
+    metrics = {fr.label: front_metrics(points[fr.label], fr.preferences, ref) for fr in plan.fronts}
+    return EvalResult(plan, ref, points, lengths, metrics, samples, seconds, tokens)
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def hypervolume_ratios(result: EvalResult) -> dict[str, float]:
+    """HV(each Bone Soup variant) / HV(each baseline present), e.g. ``{"bone_soup/rewarded_soups": 1.1}``."""
+    hv = {k: v["hypervolume"] for k, v in result.metrics.items()}
+    out = {}
+    for bs in (k for k in hv if k.startswith("bone_soup")):
+        for base in ("rewarded_soups", "morlhf", "sft"):
+            if base in hv:
+                out[f"{bs}/{base}"] = hv[bs] / hv[base] if hv[base] > 0 else math.inf
+    return out
+
+
+def format_table(result: EvalResult) -> str:
+    """Console table: one row per method with the front metrics (main ones first)."""
+    keys = ("hypervolume", "inner_product", "controllability", "front_length", "sparsity", "spacing")
+    head = f"{'method':<18}{'points':>7}" + "".join(f"{k:>17}" for k in keys)
+    lines = [head, "-" * len(head)]
+    for fr in result.plan.fronts:
+        m = result.metrics[fr.label]
+        lines.append(f"{fr.label:<18}{len(fr.preferences):>7}" + "".join(f"{m[k]:>17.4g}" for k in keys))
+    lines.append(f"reference point {result.ref_point}; objectives {result.plan.objectives}")
+    lines += [f"hypervolume ratio {k}: {v:.3f}" for k, v in hypervolume_ratios(result).items()]
+    return "\n".join(lines)
+
+
+def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
+    """points.csv (method, μ, c, mean rewards, length), metrics.csv, front.png, samples.jsonl."""
+    from soupkitchen.plotting import pareto_plot
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    objs, plan = result.plan.objectives, result.plan
+    paths = {
+        "points": out / "points.csv",
+        "metrics": out / "metrics.csv",
+        "plot": out / "front.png",
+        "samples": out / "samples.jsonl",
+    }
+    with paths["points"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "method",
+                *(f"mu_{o}" for o in objs),
+                *(f"c_{a}" for a in plan.names),
+                *(f"reward_{o}" for o in objs),
+                "response_words",
+            ]
+        )
+        for fr in plan.fronts:
+            for k, mu in enumerate(fr.preferences):
+                w.writerow(
+                    [
+                        fr.label,
+                        *mu.round(6),
+                        *fr.coefficients[k].round(6),
+                        *result.points[fr.label][k].round(6),
+                        round(float(result.lengths[fr.label][k]), 2),
+                    ]
+                )
+    with paths["metrics"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "points", *METRIC_KEYS])
+        for fr in plan.fronts:
+            w.writerow([fr.label, len(fr.preferences), *(result.metrics[fr.label][k] for k in METRIC_KEYS)])
+    fronts = {fr.label: (result.points[fr.label], fr.preferences) for fr in plan.fronts}
+    pareto_plot(fronts, paths["plot"], objs, title=title)
+    with paths["samples"].open("w") as f:
+        for s in result.samples:
+            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    return paths

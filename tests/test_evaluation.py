@@ -1,0 +1,151 @@
+"""Front evaluation on the tiny recipe: plans, real generations through the per-row mixing layer, metrics,
+the evaluate_front job and its input checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.evaluation import build_plan, evaluate, load_mixed, read_source
+from soupkitchen.preferences import merge_coefficients, preference_grid
+
+
+@pytest.fixture(scope="module")
+def sources(tiny_policies):
+    recipe, trained = tiny_policies
+    return recipe, {m: read_source(p, m) for m, p in trained["manifests"].items()}
+
+
+def test_plan_places_every_method_on_one_adapter_stack(sources):
+    recipe, src = sources
+    plan = build_plan(recipe, src)
+    # 2 BS + 2 RS + 1 MORLHF backbone, nothing shared on tiny (β = 0.7 columns ≠ e_i ≠ (0.5, 0.5)).
+    assert len(plan.adapters) == 5
+    labels = [f.label for f in plan.fronts]
+    assert labels == ["bone_soup", "bone_soup_a0.2", "rewarded_soups", "morlhf", "sft"]
+    grid = preference_grid(2, 0.1)
+    bs, bs_a, rs, morlhf, sft = plan.fronts
+    assert len(bs.preferences) == 11
+    np.testing.assert_allclose(bs.coefficients[:, :2], [merge_coefficients(mu, 0.7) for mu in grid])
+    np.testing.assert_allclose(bs_a.coefficients[:, :2], 1.2 * bs.coefficients[:, :2])
+    np.testing.assert_allclose(rs.coefficients[:, 2:4], grid)
+    assert not bs.coefficients[:, 2:].any() and not rs.coefficients[:, [0, 1, 4]].any()
+    np.testing.assert_allclose(morlhf.coefficients, [[0, 0, 0, 0, 1]])
+    np.testing.assert_allclose(morlhf.preferences, [[0.5, 0.5]])
+    assert not sft.coefficients.any()
+
+
+@pytest.fixture(scope="module")
+def evaluated(sources):
+    recipe, src = sources
+    plan = build_plan(recipe, src)
+    model, tok = load_mixed(plan, recipe)
+    return plan, evaluate(plan, recipe, model=model, tokenizer=tok, progress=False), (model, tok)
+
+
+def test_bone_soup_front_is_controllable_from_real_generations(evaluated, sources):
+    recipe, _ = sources
+    plan, result, _ = evaluated
+    bs = result.metrics["bone_soup"]
+    assert bs["controllability"] >= 0.9, result.points["bone_soup"]
+    assert bs["hypervolume"] > 0 and np.isfinite(bs["inner_product"])
+    # Real generations: sampled responses were produced and scored for every (method, μ, prompt, sample).
+    per_point = recipe.eval.num_prompts * recipe.eval.samples_per_prompt
+    rows = sum(len(f.preferences) for f in plan.fronts) * per_point
+    assert result.generated_tokens >= rows and result.samples
+    assert all(s["response"] for s in result.samples)
+    # μ moves the rewards: the two ends of the Bone Soup front differ in the direction of μ.
+    pts = result.points["bone_soup"]
+    assert pts[0, 1] > pts[-1, 1] and pts[-1, 0] > pts[0, 0], pts  # grid starts at μ = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def greedy_run(evaluated, sources):
+    """Greedy decoding (deterministic per row) of the whole plan, for the batch-composition checks."""
+    _, src = sources
+    plan, _, (model, tok) = evaluated
+    recipe = load_recipe("tiny", {"eval.greedy": True, "eval.samples_per_prompt": 1, "eval.batch_size": 48})
+    return recipe, evaluate(plan, recipe, model=model, tokenizer=tok, progress=False)
+
+
+def test_mixed_batches_equal_each_method_evaluated_alone(evaluated, greedy_run):
+    """Rows with different c in one batch give what each method gives on its own (greedy)."""
+    plan, _, (model, tok) = evaluated
+    recipe, together = greedy_run
+    rs = next(f for f in plan.fronts if f.label == "rewarded_soups")
+    alone = type(plan)(plan.objectives, plan.adapters, plan.names, plan.lora, [rs])  # same stack, RS rows
+    solo = evaluate(alone, recipe, model=model, tokenizer=tok, progress=False)
+    np.testing.assert_allclose(solo.points["rewarded_soups"], together.points["rewarded_soups"], atol=1e-9)
+
+
+def test_sft_point_is_the_base_model(greedy_run):
+    """c = 0 is W0: a plain base model (no adapters at all) gives the same SFT point."""
+    recipe, together = greedy_run
+    empty = build_plan(recipe, {})
+    assert [f.label for f in empty.fronts] == ["sft"] and not empty.adapters
+    alone = evaluate(empty, recipe, progress=False)
+    np.testing.assert_allclose(alone.points["sft"], together.points["sft"], atol=1e-9)
+
+
+def test_evaluate_front_job_writes_table_csv_plot_and_mlflow(tiny_policies, tmp_path, capsys):
+    import jobs.evaluate_front as job
+
+    recipe, trained = tiny_policies
+    out = tmp_path / "eval"
+    args = ["--recipe", "tiny", "--out", str(out), "--eval.num_prompts", "4", "--eval.alphas", "[0.0]"]
+    for m, path in trained["manifests"].items():
+        args += [f"--{m.replace('_', '-')}", str(path)]
+    assert job.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "hypervolume ratio bone_soup/rewarded_soups" in printed and "morlhf" in printed
+    with (out / "metrics.csv").open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"bone_soup", "rewarded_soups", "morlhf", "sft"}
+    with (out / "points.csv").open() as f:
+        points = list(csv.DictReader(f))
+    assert len(points) == 11 + 11 + 1 + 1 and {"mu_warm", "reward_calm", "c_bone_soup-0"} <= set(points[0])
+    assert (out / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(json.loads(line)["response"] is not None for line in (out / "samples.jsonl").open())
+    runs = mlflow.search_runs(experiment_names=[recipe.tracking.experiment], output_format="list")
+    run = next(r for r in runs if r.info.run_name == "evaluate_front:tiny")
+    assert run.info.status == "FINISHED"
+    assert float(rows["bone_soup"]["hypervolume"]) == pytest.approx(run.data.metrics["bone_soup.hypervolume"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"metrics.csv", "points.csv", "front.png"} <= artifacts
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        (lambda doc: doc.update(method="rewarded_soups"), "holds rewarded_soups backbones, not bone_soup"),
+        (lambda doc: doc.update(objectives=["calm", "warm"]), "trained on objectives"),
+        (lambda doc: doc["recipe"]["model"]["tiny"].update(n_embd=32), "another base model"),
+        (lambda doc: doc["backbones"][0].update(checkpoint="/nonexistent"), "adapter .* is missing"),
+        (lambda doc: doc.update(format="something/v0"), "not a backbones manifest"),
+    ],
+)
+def test_bad_manifests_are_refused_with_the_flag_named(tiny_policies, tmp_path, mutate, fragment, capsys):
+    import jobs.evaluate_front as job
+
+    _, trained = tiny_policies
+    doc = json.loads(trained["manifests"]["bone_soup"].read_text())
+    mutate(doc)
+    bad = tmp_path / "manifest.json"
+    bad.write_text(json.dumps(doc))
+    assert job.main(["--recipe", "tiny", "--bone-soup", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--bone-soup" in err and __import__("re").search(fragment, err), err
+
+
+def test_no_method_and_bad_alphas_are_config_errors(capsys):
+    import jobs.evaluate_front as job
+
+    assert job.main(["--recipe", "tiny"]) == 2
+    assert "give at least one of" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"eval.alphas.1: α must be in \[0, 1\]"):
+        load_recipe("tiny", {"eval.alphas": [0.0, -0.1]})
