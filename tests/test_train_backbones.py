@@ -171,3 +171,65 @@ def test_two_workers_under_zero3_split_the_batch_and_resume_with_their_optimizer
     assert status == "SUCCEEDED", log[-4000:]
     assert "[morlhf-0] resumed at step 2/4" in log
     assert max(_steps(log, "morlhf-0")) == 4 and min(_steps(log, "morlhf-0")) == 3
+
+
+@pytest.mark.slow
+def test_compare_trains_each_distinct_policy_once_and_evaluates_all_methods(ray_head, tmp_path):
+    """jobs/compare.py through `ray job submit`: BS, RS and MORLHF policies (5 distinct w on tiny) train in
+    parallel, one manifest per method and a bundle per soup are written, and the fronts are evaluated."""
+    storage, run = tmp_path / "runs", "tiny-cmp"
+    out = tmp_path / "out"
+    job = ray_head["ray"](
+        "job",
+        "submit",
+        "--address",
+        ray_head["address"],
+        "--no-wait",
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--",
+        "python",
+        "jobs/compare.py",
+        "--recipe",
+        "tiny",
+        "--run-name",
+        run,
+        "--storage",
+        str(storage),
+        "--out",
+        str(out),
+        "--ppo.steps",
+        "4",
+        "--eval.num_prompts",
+        "4",
+        "--eval.samples_per_prompt",
+        "2",
+        env=ray_head["env"],
+    )
+    job_id = re.search(r"raysubmit_\w+", job.stdout + job.stderr).group(0)
+    status, log = _wait(ray_head, job_id), _logs(ray_head, job_id)
+    assert status == "SUCCEEDED", log[-4000:]
+    union = json.loads((storage / run / "manifest.json").read_text())
+    assert [b["weights"] for b in union["backbones"]] == [
+        [1.0, 0.0],
+        [0.7, 0.3],
+        [0.5, 0.5],
+        [0.3, 0.7],
+        [0.0, 1.0],
+    ]
+    docs = {
+        m: json.loads((out / m / "manifest.json").read_text())
+        for m in ("bone_soup", "rewarded_soups", "morlhf")
+    }
+    assert docs["bone_soup"]["beta"] == 0.7 and docs["rewarded_soups"]["beta"] is None
+    shared = {tuple(b["weights"]): b["checkpoint"] for b in union["backbones"]}
+    for doc in docs.values():
+        assert all(b["checkpoint"] == shared[tuple(b["weights"])] for b in doc["backbones"])
+    from soupkitchen.merging import load_bundle
+
+    assert load_bundle(out / "bundles" / "bone_soup").beta == 0.7
+    assert load_bundle(out / "bundles" / "rewarded_soups").beta is None
+    with (out / "eval" / "metrics.csv").open() as f:
+        methods = [line.split(",")[0] for line in f][1:]
+    assert methods == ["bone_soup", "bone_soup_a0.2", "rewarded_soups", "morlhf", "sft"]
+    assert "hypervolume ratio bone_soup/rewarded_soups" in log

@@ -1,0 +1,132 @@
+"""Bone Soup vs Rewarded Soups vs MORLHF vs SFT in one command: train what each needs, then compare fronts.
+
+    python jobs/compare.py --recipe demo                                    # local Ray
+    ray job submit --working-dir . -- python jobs/compare.py --recipe tiny --run-name tiny-compare
+
+1. Every policy the methods need is trained once, all in parallel (one Tune trial per policy, as in
+   train_backbones.py): Bone Soup's backbones (w = columns of B(β)), Rewarded Soups' (w = e_i) and
+   MORLHF's (w = μ for each μ of ``soup.morlhf_preferences``). A w that two methods need is one PPO run
+   (MORLHF at μ = e_i *is* Rewarded Soups' backbone i; at a column of B it is a Bone Soup backbone).
+   Every policy gets the same PPO budget (ppo.steps × ppo.batch_size): equal budget per policy.
+2. One backbones manifest per method (``<out>/<method>/manifest.json``) and a soup bundle for Bone Soup
+   and Rewarded Soups (``<out>/bundles/<method>``), ready for serving.
+3. evaluate_front.py on all of them: table, points.csv, metrics.csv, front.png, MLflow (``<out>/eval``).
+Re-running with the same --run-name resumes unfinished policies and reuses finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from soupkitchen.backbones import METHODS, backbone_specs, write_manifest
+from soupkitchen.config import ConfigError, Recipe, from_dict, load_recipe, parse_cli_overrides, to_dict
+
+
+def parse_args(argv: list[str]):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other --section.key VALUE overrides that recipe key, e.g. --ppo.steps 10.",
+    )
+    p.add_argument("--recipe", default="demo", help="recipe name in recipes/ or a YAML path (default: demo)")
+    p.add_argument("--run-name", default=None, help="default: <recipe>-compare; reuse it to resume")
+    p.add_argument(
+        "--storage", default=None, help="local path or s3:// URI (default: distributed.storage_path)"
+    )
+    p.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}"
+    )
+    p.add_argument("--out", default=None, help="outputs (default: <storage>/<run-name>)")
+    args, rest = p.parse_known_args(argv)
+    return args, parse_cli_overrides(rest)
+
+
+def policy_weights(recipe: Recipe, methods: list[str]) -> list[list[float]]:
+    """The distinct w of every method's policies, sorted from objective 1 down (deterministic names)."""
+    seen = {tuple(s.weights) for m in methods for s in backbone_specs(recipe, m)}
+    return [list(w) for w in sorted(seen, reverse=True)]
+
+
+def method_manifests(recipe: Recipe, methods: list[str], union_manifest: Path, out: Path) -> dict[str, Path]:
+    """Split the shared training run into one manifest per method (entries renamed to the method's names)."""
+    union = json.loads(union_manifest.read_text())
+    by_w = {tuple(b["weights"]): b for b in union["backbones"]}
+    paths = {}
+    for m in methods:
+        entries = [by_w[tuple(s.weights)] | {"name": s.name} for s in backbone_specs(recipe, m)]
+        paths[m] = write_manifest(out / m / "manifest.json", recipe, m, entries)
+    return paths
+
+
+def normalization(manifest: Path) -> dict[str, dict[str, float]]:
+    """Per-objective reward mean/std for a bundle: the average of the backbones' running statistics."""
+    doc = json.loads(manifest.read_text())
+    states = [b["reward_normalizer"] for b in doc["backbones"]]
+    mean = np.mean([s["mean"] for s in states], axis=0)
+    std = np.mean([s["std"] for s in states], axis=0)
+    return {
+        o: {"mean": float(mu), "std": max(float(sd), 1e-6)}
+        for o, mu, sd in zip(doc["objectives"], mean, std, strict=True)
+    }
+
+
+def write_bundles(recipe: Recipe, manifests: dict[str, Path], out: Path) -> dict[str, Path]:
+    from soupkitchen.merging import adapters_from_manifest, write_bundle
+
+    bundles = {}
+    for m in ("bone_soup", "rewarded_soups"):
+        if m not in manifests:
+            continue
+        write_bundle(
+            out / "bundles" / m,
+            recipe.model,
+            adapters_from_manifest(manifests[m]),
+            beta=recipe.soup.beta if m == "bone_soup" else None,
+            alpha=recipe.soup.alpha if m == "bone_soup" else 0.0,
+            objectives=recipe.objectives,
+            normalization=normalization(manifests[m]),
+            ref_point=recipe.eval.ref_point or [0.0] * len(recipe.objectives),
+            lora_config=recipe.lora,
+            overwrite=True,
+        )
+        bundles[m] = out / "bundles" / m
+    return bundles
+
+
+def main(argv: list[str] | None = None) -> int:
+    import jobs.evaluate_front as evaluate_front
+    import jobs.train_backbones as train_backbones
+    from soupkitchen.evaluation import format_table
+
+    try:
+        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        recipe = load_recipe(args.recipe, overrides)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not methods or any(m not in METHODS for m in methods):
+            raise ConfigError("--methods", f"must be a comma-separated subset of {', '.join(METHODS)}")
+        run_name = args.run_name or f"{recipe.name}-compare"
+        storage = train_backbones._storage(recipe, args.storage)
+        # Train the union of policies as one set of linear-scalarisation PPO runs (MORLHF over every w).
+        union = to_dict(recipe)
+        union["soup"]["morlhf_preferences"] = policy_weights(recipe, methods)
+        trained = train_backbones.run(from_dict(Recipe, union).validate(), "morlhf", run_name, storage)
+        out = Path(args.out or train_backbones._local_out(storage, run_name))
+        manifests = method_manifests(recipe, methods, trained, out)
+        bundles = write_bundles(recipe, manifests, out)
+        result, files = evaluate_front.run(recipe, {m: str(p) for m, p in manifests.items()}, out / "eval")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    print("manifests: " + ", ".join(f"{m}={p}" for m, p in manifests.items()))
+    print("bundles: " + ", ".join(f"{m}={p}" for m, p in bundles.items()))
+    print("evaluation: " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
