@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean-venv
+.PHONY: install demo compare test lint clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "soupkitchen needs Python >= 3.11"'
@@ -25,7 +25,10 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) jobs/train_backbones.py --recipe demo $(ARGS)
+	$(PY) jobs/compare.py --recipe demo --methods bone_soup $(ARGS)
+
+compare: $(STAMP)
+	$(PY) jobs/compare.py --recipe demo $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -33,7 +33,9 @@ def parse_args(argv: list[str]):
         epilog="Any other --section.key VALUE overrides that recipe key, e.g. --ppo.steps 10.",
     )
     p.add_argument("--recipe", default="demo", help="recipe name in recipes/ or a YAML path (default: demo)")
-    p.add_argument("--run-name", default=None, help="default: <recipe>-compare; reuse it to resume")
+    p.add_argument(
+        "--run-name", default=None, help="default: <recipe>-compare[-<methods>]; reuse it to resume"
+    )
     p.add_argument(
         "--storage", default=None, help="local path or s3:// URI (default: distributed.storage_path)"
     )
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not methods or any(m not in METHODS for m in methods):
             raise ConfigError("--methods", f"must be a comma-separated subset of {', '.join(METHODS)}")
-        run_name = args.run_name or f"{recipe.name}-compare"
+        subset = "" if set(methods) == set(METHODS) else "-" + "-".join(methods)
+        run_name = args.run_name or f"{recipe.name}-compare{subset}"
         storage = train_backbones._storage(recipe, args.storage)
         # Train the union of policies as one set of linear-scalarisation PPO runs (MORLHF over every w).
         union = to_dict(recipe)

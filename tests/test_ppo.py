@@ -140,7 +140,12 @@ def test_resume_with_another_worker_layout_is_refused(tmp_path):
     recipe = load_recipe("tiny", {"ppo.steps": 1})
     weights = backbone_specs(recipe)[0].weights
     trainer, _ = train_tiny(recipe, weights, 1)
-    save_checkpoint(trainer, tmp_path / "ckpt", {"data_position": 1})
+    save_checkpoint(
+        trainer, tmp_path / "ckpt", {"data_position": 1, "backbone": {"name": "b", "weights": weights}}
+    )
+    # A run name re-used for a policy with other weights is refused, not resumed into the wrong objective.
+    with pytest.raises(ConfigError, match="was trained with w=.*pick another --run-name"):
+        build_trainer(recipe, [0.5, 0.5], restore=tmp_path / "ckpt")
     state_file = tmp_path / "ckpt" / "state.json"
     state = json.loads(state_file.read_text())
     assert state["layout"] == {"world_size": 1, "zero_stage": 0}

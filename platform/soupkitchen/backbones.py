@@ -100,6 +100,13 @@ def build_trainer(recipe: Recipe, weights, *, device="cpu", comm=None, use_deeps
         saved = state.get("layout", {})
         stage = recipe.distributed.zero_stage if use_deepspeed else 0
         layout = {"world_size": comm.world_size, "zero_stage": stage}
+        trained_w = state.get("backbone", {}).get("weights")
+        if trained_w is not None and not np.allclose(trained_w, weights, atol=1e-9):
+            raise ConfigError(
+                "--run-name",
+                f"checkpoint {restore} was trained with w={trained_w}, this backbone has w={list(weights)}; "
+                "the run name is already used by other policies: pick another --run-name",
+            )
         if saved and saved != layout:
             raise ConfigError(
                 "distributed",
