@@ -153,8 +153,10 @@ def _check_source(recipe: Recipe, src: BackboneSource, flag: str) -> None:
         raise ConfigError(
             flag, f"backbones were trained on objectives {src.objectives}, the recipe has {recipe.objectives}"
         )
-    if src.model is not None and src.model != to_dict(recipe.model):
-        differ = sorted(k for k in src.model if src.model.get(k) != to_dict(recipe.model).get(k))
+    current = to_dict(recipe.model)
+    # Keys both sides know (a manifest from an older version may lack newer fields).
+    differ = sorted(k for k in (src.model or {}) if k in current and src.model[k] != current[k])
+    if differ:
         raise ConfigError(
             flag,
             f"backbones were trained over another base model (model.{', model.'.join(differ)} differ); "
