@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/compare.py`: import jobs.*
+
 from soupkitchen.backbones import METHODS, backbone_specs, write_manifest
 from soupkitchen.config import ConfigError, Recipe, from_dict, load_recipe, parse_cli_overrides, to_dict
 

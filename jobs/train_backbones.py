@@ -121,13 +121,17 @@ def _uri(checkpoint) -> str:
     return f"{scheme}{checkpoint.path}"
 
 
-def run(recipe: Recipe, method: str, run_name: str, storage: str) -> Path:
+def run(
+    recipe: Recipe, method: str, run_name: str, storage: str, specs: list[BackboneSpec] | None = None
+) -> Path:
+    """Train ``specs`` (default: the backbones ``method`` needs) in parallel; returns the manifest path."""
     import ray
     from ray import tune
 
     from soupkitchen.tracking import RunLogger
 
-    specs = preflight(recipe, method)
+    checked = preflight(recipe, method)  # validates the recipe even when the caller names the specs
+    specs = specs or checked
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     parent = RunLogger(recipe, f"train_backbones:{run_name}", tags={"soupkitchen.method": method})
     space = {

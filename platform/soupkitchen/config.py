@@ -123,6 +123,7 @@ class DataConfig:
     format: Literal["plain", "hh_rlhf", "tldr"] = "plain"
     max_train_prompts: int | None = _num(None, 1, None)
     max_eval_prompts: int = _num(32, 1, None)
+    max_validation_prompts: int = _num(32, 1, None)  # seeded sample of train prompts, for searches
     eval_fraction: float = _num(0.1, 0.0, 1.0, lo_open=True, hi_open=True)
     sft_source: str | None = None
     seed: int = 0
@@ -229,12 +230,91 @@ class DistributedConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Ray Tune searches (``tune/``): β by short backbone runs, α and γ by evaluation-only trials, all scored
+    by front hypervolume on the validation prompts (``data.max_validation_prompts``)."""
+
+    betas: list[float] | None = None  # None → soup.beta_candidates
+    beta_fraction: float = _num(0.2, 0.0, 1.0, lo_open=True)  # share of ppo.steps per β trial (paper: 20%)
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    gammas: list[float] = field(default_factory=lambda: [0.0])  # MAGE's grid: [0.1, 0.2, 1.0, 3.0, 5.0]
+    searcher: Literal["grid", "optuna"] = "grid"
+    num_samples: int = _num(8, 1, None)  # trials of the optuna searcher (grid: one per grid point)
+    cpus_per_trial: float = _num(1.0, 0.0, None)
+    gpus_per_trial: float = _num(0.25, 0.0, None)  # used when distributed.use_gpu
+    max_concurrent_trials: int = _num(0, 0, None)  # 0: as many as the cluster's resources allow
+
+
+@dataclass
 class TrackingConfig:
     """MLflow tracking. ``tracking_uri`` None → local SQLite store under the data directory."""
 
     tracking_uri: str | None = None
     experiment: str = "soupkitchen"
     registered_model_prefix: str = "soup"
+
+
+DECODING_MODES = ("plain", "mage_i_m", "mage_i", "mage_e_m", "mage_e", "mod")
+
+
+@dataclass
+class DecodingConfig:
+    """Guided decoding (MAGE, notes/mage.md §1.6-1.7; MOD baseline). See ``soupkitchen.decoding``.
+
+    ``mode``: plain (merged base only), mage_i_m / mage_i (implicit guidance, merged / ensemble),
+    mage_e_m / mage_e (explicit value models, merged / ensemble), mod (Σ μ_i log π_i). Score per token:
+    log π_base(μ) + γ·g. ``implicit_shortcut``: when π*_merge has the base's coefficients, score with
+    (1+γ) log π_base − γ log π_ref (one forward row less, mage.md §1.5). ``guide_top_k`` > 0 restricts
+    guidance to the base's top-k tokens (not in the paper; 0 = off). ``ensemble_weights``: weights of
+    the mage_i / mage_e ensembles and of mod: ``mu`` (Eq. 26) or ``bone_soup`` ((1+α)B⁻¹μ).
+    Beam (mage.md §1.7, chunk-level): ``beam_width`` b > 0 switches it on; each of b beams samples
+    ``beam_expansion`` c chunks of ``beam_lookahead`` l tokens, the b best by value are kept.
+    ``max_new_tokens`` / ``stop`` None: taken from ``generation``.
+    """
+
+    mode: Literal["plain", "mage_i_m", "mage_i", "mage_e_m", "mage_e", "mod"] = "plain"
+    gamma: float = _num(1.0, 0.0, 100.0)
+    greedy: bool = True
+    temperature: float = _num(1.0, 0.0, None, lo_open=True)
+    top_k: int = _num(0, 0, None)
+    top_p: float = _num(1.0, 0.0, 1.0, lo_open=True)
+    max_new_tokens: int | None = _num(None, 1, 8192)
+    stop: list[str] | None = None
+    implicit_shortcut: bool = True
+    guide_top_k: int = _num(0, 0, None)
+    ensemble_weights: Literal["mu", "bone_soup"] = "mu"
+    beam_width: int = _num(0, 0, 64)
+    beam_expansion: int = _num(1, 1, 64)
+    beam_lookahead: int = _num(10, 1, 1024)
+    modes: list[str] = field(default_factory=lambda: ["mage_i_m", "mod"])  # compared by evaluate_front
+
+    def __post_init__(self):
+        for i, m in enumerate(self.modes):
+            if m not in DECODING_MODES:
+                raise ConfigError(f"decoding.modes.{i}", f"unknown mode {m!r}; choose from {DECODING_MODES}")
+
+
+@dataclass
+class ValueModelConfig:
+    """Explicit value models (MAGE-E, notes/mage.md §1.3): one LoRA adapter per objective on W0 whose LM-head
+    logits are Q-values V(x, y<t)[v], trained with Eq. 16 on rollouts of ``policies`` scored by the reward.
+
+    ``policies``: ``sft`` (W0, the π_ref of Eq. 15), ``backbones`` (the given backbones at μ on the grid)
+    or ``both``. ``lora_r`` / ``lora_alpha`` None: the recipe's ``lora`` (targets are always the recipe's,
+    so value adapters stack with the backbones).
+    """
+
+    policies: Literal["sft", "backbones", "both"] = "both"
+    num_prompts: int = _num(64, 1, None)
+    samples_per_prompt: int = _num(2, 1, None)
+    epochs: int = _num(3, 1, None)
+    batch_size: int = _num(8, 1, None)
+    learning_rate: float = _num(1e-4, 0.0, None, lo_open=True)
+    max_steps: int | None = _num(None, 1, None)
+    val_fraction: float = _num(0.2, 0.0, 1.0, hi_open=True)
+    lora_r: int | None = _num(None, 1, 1024)
+    lora_alpha: float | None = _num(None, 0.0, None, lo_open=True)
+    seed: int = 0
 
 
 @dataclass
@@ -255,6 +335,9 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    value_model: ValueModelConfig = field(default_factory=ValueModelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @property
     def objectives(self) -> list[str]:
@@ -293,6 +376,17 @@ class Recipe:
         for i, a in enumerate(self.eval.alphas):
             if not (math.isfinite(a) and 0.0 <= a <= 1.0):
                 raise ConfigError(f"eval.alphas.{i}", f"α must be in [0, 1] (0 = no extrapolation), got {a}")
+        for path, values, hi in (
+            ("search.alphas", self.search.alphas, 1.0),
+            ("search.gammas", self.search.gammas, None),
+        ):
+            for i, v in enumerate(values):
+                if not math.isfinite(v) or v < 0 or (hi is not None and v > hi):
+                    raise ConfigError(
+                        f"{path}.{i}", f"must be in {f'[0, {hi}]' if hi else '[0, inf)'}, got {v}"
+                    )
+            if not values:
+                raise ConfigError(path, "needs at least one value")
         if self.eval.greedy and self.eval.samples_per_prompt > 1:
             raise ConfigError(
                 "eval.samples_per_prompt", "greedy decoding repeats itself: set eval.greedy false or use 1"

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from soupkitchen.config import REPO_ROOT, ConfigError, DataConfig
 
-Split = Literal["train", "eval"]
+Split = Literal["train", "eval", "validation"]
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 BUILTINS = ("demo", "tiny")
@@ -51,9 +51,34 @@ COMPLETION_FIELD = "completion"
 _TINY_DETS = ("the", "a", "my", "your", "this", "our")
 _TINY_ADJS = ("old", "new", "big", "small", "little", "long", "short", "young", "dark", "open")
 _TINY_NOUNS = (
-    "cat", "dog", "day", "night", "tree", "house", "road", "book", "city", "sea", "rain", "morning",
-    "friend", "room", "door", "garden", "town", "bird", "water", "flower", "sky", "moon", "star",
-    "family", "song", "food", "home", "place",
+    "cat",
+    "dog",
+    "day",
+    "night",
+    "tree",
+    "house",
+    "road",
+    "book",
+    "city",
+    "sea",
+    "rain",
+    "morning",
+    "friend",
+    "room",
+    "door",
+    "garden",
+    "town",
+    "bird",
+    "water",
+    "flower",
+    "sky",
+    "moon",
+    "star",
+    "family",
+    "song",
+    "food",
+    "home",
+    "place",
 )
 _TINY_PREPS = ("in", "on", "with", "near", "under")
 _TINY_TEMPLATES = (
@@ -394,9 +419,19 @@ def _filters_text(cfg: DataConfig) -> str:
 
 
 def load_prompt_records(cfg: DataConfig, split: Split) -> list[PromptRecord]:
-    """Prompts (and reward contexts) of ``split``, after format filters, eval rules and max_* caps."""
+    """Prompts (and reward contexts) of ``split``, after format filters, eval rules and max_* caps.
+
+    ``validation`` is a seeded sample of ``max_validation_prompts`` training prompts (as Bone Soup's code: a
+    small slice of the train split): hyperparameter searches select on it, so the eval split stays unseen.
+    """
+    if split == "validation":
+        train = load_prompt_records(cfg, "train")
+        picked = random.Random(cfg.seed * 7919 + 17).sample(
+            range(len(train)), min(cfg.max_validation_prompts, len(train))
+        )
+        return [train[i] for i in picked]
     if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        raise ValueError(f"split must be 'train', 'eval' or 'validation', got {split!r}")
     source = cfg.source.strip()
     if source.startswith("builtin:"):
         if cfg.format != "plain":
@@ -424,8 +459,9 @@ def load_prompt_records(cfg: DataConfig, split: Split) -> list[PromptRecord]:
         records = records[:cap]
     if not records:
         raise ConfigError(
-            "data.source", f"{cfg.source!r} gave no {split} prompts after filters (format {cfg.format!r} "
-            f"keeps rows with {_filters_text(cfg)})"
+            "data.source",
+            f"{cfg.source!r} gave no {split} prompts after filters (format {cfg.format!r} "
+            f"keeps rows with {_filters_text(cfg)})",
         )
     return records
 

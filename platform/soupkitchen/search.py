@@ -1,0 +1,256 @@
+"""Hyperparameter searches that maximise front hypervolume on the validation prompts (notes/bonesoup.md §1.8).
+
+β ("seek", Bone Soup §5.2.1): for each candidate β the n backbones (w_i = columns of B(β)) are trained for
+``search.beta_fraction`` of ``ppo.steps``, all (β, i) at once as trials of one launcher; then one evaluation
+trial per β scores the hypervolume of its Bone Soup front. The best β's backbones may then continue to the
+full budget: they keep their run and backbone names, so Ray Train resumes them from the short-run
+checkpoints and no step is thrown away.
+
+α, γ: evaluation-only trials over one trained soup (``front_trial``), a grid or a Tune searcher. A trial
+actor keeps the loaded mixed model between trials over the same adapters (``reuse_actors``), so the base
+model is loaded once per worker, not once per trial.
+
+Every trial is an MLflow child run (params, front metrics, front plot) of the search's parent run and
+reports to Tune (the Ray dashboard's Tune view); ``results_table`` sorts the trials by hypervolume.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from soupkitchen.backbones import BackboneSpec
+from soupkitchen.config import ConfigError, Recipe, from_dict, to_dict
+from soupkitchen.preferences import backbone_weights
+
+SCORE = "hypervolume"
+
+
+def beta_name(beta: float, i: int) -> str:
+    return f"beta{beta:g}-{i}"
+
+
+def beta_specs(recipe: Recipe, betas: list[float]) -> list[BackboneSpec]:
+    """Backbone i of every candidate β: w_i = column i of B(β), named ``beta<β>-<i>``."""
+    n = len(recipe.objectives)
+    specs = []
+    for b in betas:
+        if not (1.0 / n < b <= 1.0):
+            raise ConfigError("search.betas", f"β must lie in (1/n, 1] = ({1 / n:.4g}, 1], got {b}")
+        W = backbone_weights(n, b)
+        specs += [BackboneSpec(beta_name(b, i), [round(float(x), 12) for x in W[i]]) for i in range(n)]
+    return specs
+
+
+def short_steps(recipe: Recipe, fraction: float) -> int:
+    """ppo.steps of a β-selection run: ``fraction`` of the budget, at least one step (paper: 20%)."""
+    return max(1, math.ceil(fraction * recipe.ppo.steps))
+
+
+def with_overrides(recipe: Recipe, **sections) -> Recipe:
+    """A validated copy of ``recipe`` with ``{section: {key: value}}`` replaced."""
+    tree = to_dict(recipe)
+    for section, values in sections.items():
+        tree[section].update(values)
+    return from_dict(Recipe, tree).validate()
+
+
+def split_beta_manifest(manifest: Path, beta: float, out: Path) -> Path:
+    """The β-run manifest restricted to one β's backbones, as a ``bone_soup`` manifest with that β."""
+    import json
+
+    from soupkitchen.backbones import write_manifest
+
+    doc = json.loads(Path(manifest).read_text())
+    recipe = with_overrides(from_dict(Recipe, doc["recipe"]), soup={"beta": beta})
+    prefix = f"beta{beta:g}-"
+    entries = [b for b in doc["backbones"] if b["name"].startswith(prefix)]
+    if len(entries) != len(recipe.objectives):
+        raise ConfigError("search.betas", f"manifest {manifest} has {len(entries)} backbones for β={beta}")
+    return write_manifest(out / f"beta{beta:g}" / "manifest.json", recipe, "bone_soup", entries)
+
+
+_CACHE: dict = {}  # per trial actor: survives between trials when Tune reuses the actor
+
+
+def front_trial(config: dict) -> None:
+    """Tune trainable: one front evaluation (``evaluate_config``), reported to Tune."""
+    import ray.tune
+
+    ray.tune.report(evaluate_config(config, _CACHE))
+
+
+def trial_run_name(run_name: str, space: dict) -> str:
+    """``<run>-eval-<hash of the searched values>``: a changed grid starts a new Tune experiment instead of
+    restoring a stale one; the same grid resumes (``Tuner.restore``)."""
+    import hashlib
+    import json
+
+    searched = {k: v for k, v in space.items() if k not in ("recipe", "parent_run_id")}
+    digest = hashlib.sha256(json.dumps(searched, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{run_name}-eval-{digest}"
+
+
+def run_search(
+    name: str, recipe: Recipe, param_space: dict, storage: str, keys: list[str], fresh: bool = False
+) -> list[dict]:
+    """Run (or resume, with ``Tuner.restore``) the evaluation trials of ``param_space`` (``tune.grid_search``
+    values, or plain lists handed to the optuna searcher); returns one row per trial, errors included."""
+    from ray import tune
+
+    s = recipe.search
+    resources = {"CPU": s.cpus_per_trial} | ({"GPU": s.gpus_per_trial} if recipe.distributed.use_gpu else {})
+    trainable = tune.with_resources(front_trial, resources)
+    path = f"{storage}/{name}"
+    if not fresh and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    else:
+        search_alg, space = None, dict(param_space)
+        if s.searcher == "optuna":
+            search_alg, space = _optuna(space, keys)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=SCORE,
+                mode="max",
+                search_alg=search_alg,
+                num_samples=s.num_samples if search_alg else 1,
+                max_concurrent_trials=s.max_concurrent_trials or None,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage),
+        )
+    rows = []
+    for r in tuner.fit():
+        cfg = r.config or {}
+        row = {k: cfg.get(k) for k in keys} | {"error": None if r.error is None else repr(r.error)}
+        row.update({k: v for k, v in (r.metrics or {}).items() if isinstance(v, (int, float, str))})
+        rows.append(row)
+    return rows
+
+
+def _optuna(space: dict, keys: list[str]):
+    """Bayesian search (Ray Tune's OptunaSearch) over [min, max] of each grid in ``keys``."""
+    from ray import tune
+
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as e:  # optuna is optional
+        raise ConfigError(
+            "search.searcher", f"'optuna' needs `pip install optuna` ({e}); or use 'grid'"
+        ) from e
+    out = dict(space)
+    for k in keys:
+        values = space[k]["grid_search"] if isinstance(space[k], dict) else space[k]
+        out[k] = tune.uniform(min(values), max(values)) if min(values) < max(values) else values[0]
+    return OptunaSearch(), out
+
+
+def evaluate_config(config: dict, cache: dict) -> dict:
+    """Score one trial: the Bone Soup front of ``config["source"]`` (manifest or bundle) at its α (and γ when
+    a guided mode is given), on the validation prompts. ``cache`` keeps (model, tokenizer, rewards) per
+    adapter stack. Logs an MLflow child run with the front plot; returns the metrics for Tune."""
+    import tempfile
+
+    from soupkitchen.evaluation import build_plan, evaluate, load_mixed, read_source, write_outputs
+    from soupkitchen.models import resolve_device
+    from soupkitchen.rewards import build_rewards
+    from soupkitchen.tracking import RunLogger
+
+    recipe = from_dict(Recipe, config["recipe"]).validate()
+    alpha = float(config.get("alpha", 0.0))
+    recipe = with_overrides(recipe, eval={"alphas": [alpha]})
+    path = config.get("source") or config["sources"][f"{config['beta']:g}"]
+    source = read_source(path, "bone_soup", flag="source")
+    plan = build_plan(recipe, {"bone_soup": source}, include_sft=False)
+    key = tuple(str(p) for p in plan.adapters)
+    device = resolve_device(recipe.device)
+    if key not in cache:
+        cache.clear()  # one stack per worker: free the previous model first
+        model, tok = load_mixed(plan, recipe, device)
+        cache[key] = (model, tok, build_rewards(recipe.rewards, device=device))
+    model, tok, rewards = cache[key]
+    logger = RunLogger(
+        recipe,
+        f"{config.get('search', 'search')}:{config.get('label', key[0])}",
+        parent_run_id=config.get("parent_run_id"),
+        tags={"soupkitchen.job": "search_trial"},
+    )
+    try:
+        result = evaluate(
+            plan, recipe, split="validation", model=model, tokenizer=tok, rewards=rewards, progress=False
+        )
+        metrics = dict(result.metrics[plan.fronts[0].label])
+        params = {k: config[k] for k in ("beta", "alpha", "gamma") if k in config}
+        logger.client.log_batch(logger.run_id, params=_params(params))
+        logger.log_metrics({k: v for k, v in metrics.items() if v == v}, 0)
+        with tempfile.TemporaryDirectory() as tmp:
+            files = write_outputs(result, tmp, title=f"{recipe.name} {params}")
+            for f in (files["plot"], files["points"]):
+                logger.client.log_artifact(logger.run_id, str(f))
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+    logger.finish()
+    return {**{k: (v if v == v else -1.0) for k, v in metrics.items()}, "mlflow_run_id": logger.run_id}
+
+
+def _params(params: dict):
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)) for k, v in params.items()]
+
+
+def retuned_bundle(source: Path, out: Path, alpha: float, gamma: float | None = None) -> Path:
+    """A copy of the soup bundle ``source`` with the searched α (and γ) written into ``bundle.json``."""
+    from soupkitchen.merging import load_bundle, write_bundle
+
+    b = load_bundle(source)
+    write_bundle(
+        out,
+        b.base,
+        [(name, Path(source) / "adapters" / f"{name}.safetensors") for name in b.names],
+        beta=b.beta,
+        alpha=alpha,
+        objectives=b.objectives,
+        normalization=b.normalization,
+        ref_point=b.ref_point,
+        lora_config=b.lora,
+        gamma=b.gamma if gamma is None else gamma,
+        overwrite=True,
+    )
+    return out
+
+
+def results_table(rows: list[dict], keys: list[str], path: Path | None = None) -> str:
+    """Trials sorted by hypervolume (best first; failed trials last, marked), as text and optionally CSV."""
+    ok = sorted((r for r in rows if r.get("error") is None), key=lambda r: -r[SCORE])
+    failed = [r for r in rows if r.get("error") is not None]
+    cols = [*keys, SCORE, "inner_product", "controllability", "front_length"]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([*cols, "error"])
+            for r in ok + failed:
+                w.writerow([r.get(c, "") for c in cols] + [r.get("error") or ""])
+    lines = ["".join(f"{c:>17}" for c in cols)]
+    for r in ok:
+        lines.append(
+            "".join(f"{r[c]:>17.4g}" if isinstance(r.get(c), float) else f"{r.get(c)!s:>17}" for c in cols)
+        )
+    for r in failed:
+        lines.append("".join(f"{r.get(c)!s:>17}" for c in keys) + f"   FAILED: {str(r['error'])[:200]}")
+    return "\n".join(lines)
+
+
+def best(rows: list[dict]) -> dict:
+    """The trial with the highest hypervolume among those that finished."""
+    ok = [r for r in rows if r.get("error") is None]
+    if not ok:
+        raise RuntimeError(
+            f"all {len(rows)} trials failed; first error: {rows[0].get('error') if rows else None}"
+        )
+    return max(ok, key=lambda r: r[SCORE])

@@ -1,0 +1,100 @@
+"""Ray Tune searches through `ray job submit` on the tiny recipe: β by short backbone runs (then continued to
+the full budget), α by evaluation-only trials; the winners are the argmax of the reported hypervolumes and
+end up in the soup bundle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+
+from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.merging import load_bundle
+from soupkitchen.search import beta_specs, short_steps
+from tests.test_train_backbones import _logs, _wait
+
+
+def _job(head, script: str, *args: str) -> str:
+    out = head["ray"](
+        "job", "submit", "--address", head["address"], "--no-wait", "--runtime-env", "jobs/runtime_env.yaml",
+        "--", "python", script, *args, env=head["env"],
+    )  # fmt: skip
+    return re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+
+
+def _rows(path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_beta_then_alpha_search_pick_the_argmax_and_write_it_into_the_bundle(ray_head, tmp_path):
+    storage, out = tmp_path / "runs", tmp_path / "out"
+    common = ["--recipe", "tiny", "--storage", str(storage), "--ppo.steps", "10", "--eval.num_prompts", "8"]
+    job = _job(
+        ray_head, "tune/search_beta.py", *common, "--betas", "0.6,0.8", "--out", str(out), "--continue"
+    )
+    status, log = _wait(ray_head, job), _logs(ray_head, job)
+    assert status == "SUCCEEDED", log[-4000:]
+    rows = _rows(out / "beta_search.csv")
+    assert sorted(float(r["beta"]) for r in rows) == [0.6, 0.8] and not any(r["error"] for r in rows)
+    hv = {float(r["beta"]): float(r["hypervolume"]) for r in rows}
+    best = max(hv, key=hv.get)
+    assert json.loads(log.strip().splitlines()[-1])["best_beta"] == best
+    bundle = load_bundle(out / "bundles" / "bone_soup")
+    assert bundle.beta == best
+    # The winner's backbones continued from their 2-step checkpoints to the full 10 steps.
+    final = json.loads((out / "final" / f"beta{best:g}" / "manifest.json").read_text())
+    for b in final["backbones"]:
+        assert b["resumed_from_step"] == 2, b
+        state = json.loads((tmp_path / b["checkpoint"] / "state.json").read_text())
+        assert state["data_position"] == 10
+
+    job = _job(
+        ray_head, "tune/search_alpha_gamma.py", *common, "--source", str(out / "bundles" / "bone_soup"),
+        "--alphas", "0,0.3", "--out", str(tmp_path / "alpha"),
+    )  # fmt: skip
+    status, log = _wait(ray_head, job), _logs(ray_head, job)
+    assert status == "SUCCEEDED", log[-4000:]
+    rows = _rows(tmp_path / "alpha" / "alpha_search.csv")
+    hv = {float(r["alpha"]): float(r["hypervolume"]) for r in rows}
+    assert set(hv) == {0.0, 0.3}
+    retuned = load_bundle(tmp_path / "alpha" / "bundles" / "bone_soup")
+    assert retuned.alpha == max(hv, key=hv.get) and retuned.beta == best
+
+
+def test_beta_specs_and_short_runs():
+    recipe = load_recipe("tiny")
+    specs = beta_specs(recipe, [0.6, 0.8])
+    assert [s.name for s in specs] == ["beta0.6-0", "beta0.6-1", "beta0.8-0", "beta0.8-1"]
+    assert [s.weights for s in specs] == [[0.6, 0.4], [0.4, 0.6], [0.8, 0.2], [0.2, 0.8]]
+    assert short_steps(recipe, 0.2) == 4 and short_steps(recipe, 0.01) == 1
+    with pytest.raises(ConfigError, match=r"search.betas: β must lie in .*\(0.5, 1\], got 0.4"):
+        beta_specs(recipe, [0.4, 0.7])
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "fragment"),
+    [
+        ("search_beta", ["--betas", "0.7"], "at least two distinct β"),
+        ("search_beta", ["--betas", "0.7,x"], "--betas: must be comma-separated numbers"),
+        ("search_alpha_gamma", ["--source", "/nonexistent"], "--source: /nonexistent is neither"),
+        ("search_alpha_gamma", ["--source", ".", "--search.gammas", "[1.0]"], "search.gammas: γ needs"),
+        (
+            "search_alpha_gamma",
+            ["--source", ".", "--alphas", "0,2"],
+            r"search.alphas.1: must be in \[0, 1.0\]",
+        ),
+    ],
+)
+def test_bad_search_inputs_fail_before_any_trial(script, args, fragment, capsys, monkeypatch):
+    import importlib
+
+    job = importlib.import_module(f"tune.{script}")
+    started = []
+    monkeypatch.setattr("ray.init", lambda *a, **k: started.append(1))
+    assert job.main(["--recipe", "tiny", *args]) == 2
+    assert re.search(fragment, capsys.readouterr().err)
+    assert not started
