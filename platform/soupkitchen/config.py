@@ -252,6 +252,7 @@ class TrackingConfig:
     tracking_uri: str | None = None
     experiment: str = "soupkitchen"
     registered_model_prefix: str = "soup"
+    upload_retry_s: float = _num(120.0, 0.0, None)  # how long finish() retries what MLflow/S3 did not take
 
 
 DECODING_MODES = ("plain", "mage_i_m", "mage_i", "mage_e_m", "mage_e", "mod")

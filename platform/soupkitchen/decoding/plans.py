@@ -1,0 +1,232 @@
+"""Row plans: what each request row of a guided batch runs, as forward rows over one adapter stack.
+
+A decoding row (one request: prompt, μ, mode, γ) becomes a few *forward rows* of the mixed model, each a
+coefficient vector c over the stack (``merging``), a weight w and a kind. The row's next-token score is
+
+    s(v) = Σ_j w_j · f_j(v),    f_j = log_softmax(logits_j)  (kind "logprob")  or  logits_j  (kind "value")
+
+which covers every mode (notes/mage.md §1.5-1.6, Eq. 25; MOD Eq. 3 in its reverse-KL form):
+
+    plain      log π_base(μ)                                   base: c = (1+α)B⁻¹μ over the backbones
+    mage_i_m   log π_base + γ (log π*_merge − log π_ref)        π*_merge: Bone Soup c, π_ref: c = 0
+    mage_i     log π_base + γ Σ_i w_i (log π*_i − log π_ref)    π*_i: backbone i (one-hot c), Eq. 26
+    mage_e_m   log π_base + γ V_merge(x, y<t)[v]                V_merge: c = Σ_i w_i e_{V_i} (Eq. 24)
+    mage_e     log π_base + γ Σ_i w_i V_i(x, y<t)[v]
+    mod        Σ_i w_i log π_i                                  π_i: expert i (one-hot c)
+
+Forward rows with the same (c, kind) are merged (weights add) unless ``shortcut`` is off: with π*_merge ≡
+π_base (same coefficients) mage_i_m becomes (1+γ) log π_base − γ log π_ref, two forward rows instead of
+three (mage.md §1.5). Rows of weight 0 are dropped, so γ = 0 is plain decoding exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from soupkitchen.config import DECODING_MODES, ConfigError
+from soupkitchen.preferences import merge_coefficients, validate_preference
+
+IMPLICIT = ("mage_i_m", "mage_i")
+EXPLICIT = ("mage_e_m", "mage_e")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One forward row: coefficients c [m] over the adapter stack, its weight, and how its logits are read."""
+
+    c: tuple[float, ...]
+    weight: float
+    kind: str = "logprob"  # "logprob": log_softmax(logits); "value": logits read as Q-values (MAGE-E)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """The forward rows of one decoding row. ``base``: index of the π_base component (None for mod);
+    ``beam_value``: how the chunk-level beam ranks partial sequences (``sum``: Σ_t guidance of the chosen
+    tokens, Eq. 23; ``last``: guidance of the last token, V(x, y<T)[y_T]; ``logprob``: Σ_t log softmax(s))."""
+
+    components: tuple[Component, ...]
+    base: int | None
+    mode: str = "plain"
+    beam_value: str = "logprob"
+
+    @property
+    def width(self) -> int:
+        return len(self.components)
+
+
+def check_mode(mode: str, path: str = "decoding.mode") -> str:
+    if mode not in DECODING_MODES:
+        raise ConfigError(path, f"unknown mode {mode!r}; choose one of {', '.join(DECODING_MODES)}")
+    return mode
+
+
+def check_gamma(gamma, path: str = "decoding.gamma") -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not np.isfinite(gamma) or gamma < 0:
+        raise ConfigError(
+            path, f"guidance strength γ must be a finite number >= 0 (0 = no guidance), got {gamma!r}"
+        )
+    return float(gamma)
+
+
+def _vec(c) -> tuple[float, ...]:
+    return tuple(float(x) for x in np.asarray(c, dtype=np.float64).ravel())
+
+
+def row_plan(
+    mode: str,
+    gamma: float,
+    *,
+    base=None,
+    star=None,
+    experts: Sequence | None = None,
+    expert_weights: Sequence[float] | None = None,
+    values: Sequence | None = None,
+    value_weights: Sequence[float] | None = None,
+    shortcut: bool = True,
+) -> RowPlan:
+    """The plan of one row from coefficient vectors over the stack (see the module docstring).
+
+    ``base``: c of π_base; ``star``: c of π*_merge (mage_i_m); ``experts``: c of π*_i (mage_i) or of the MOD
+    experts, weighted by ``expert_weights``; ``values``: c of each explicit value model, weighted by
+    ``value_weights`` (mage_e_m merges them into one c = Σ w_i c_i, Eq. 24).
+    """
+    check_mode(mode)
+    gamma = check_gamma(gamma)
+    need = {
+        "plain": ("base",),
+        "mage_i_m": ("base", "star"),
+        "mage_i": ("base", "experts"),
+        "mage_e_m": ("base", "values"),
+        "mage_e": ("base", "values"),
+        "mod": ("experts",),
+    }[mode]
+    given = {"base": base, "star": star, "experts": experts, "values": values}
+    for k in need:
+        if given[k] is None or (k in ("experts", "values") and len(given[k]) == 0):
+            what = {"star": "π*_merge coefficients", "experts": "experts", "values": "value models"}.get(k, k)
+            raise ConfigError("decoding.mode", f"mode {mode!r} needs {what}; they were not given")
+    comps: list[Component] = []
+    zero = None
+    if mode != "mod":
+        comps.append(Component(_vec(base), 1.0))
+        zero = tuple(0.0 for _ in comps[0].c)
+    if mode == "mage_i_m":
+        comps += [Component(_vec(star), gamma), Component(zero, -gamma)]
+    elif mode in ("mage_i", "mod"):
+        w = list(expert_weights) if expert_weights is not None else [1.0 / len(experts)] * len(experts)
+        if len(w) != len(experts):
+            raise ConfigError(
+                "mu", f"got {len(w)} weights for {len(experts)} experts; one weight per objective"
+            )
+        scale = gamma if mode == "mage_i" else 1.0
+        comps += [Component(_vec(e), scale * wi) for e, wi in zip(experts, w, strict=True)]
+        if mode == "mage_i":
+            comps.append(Component(_vec(np.zeros(len(experts[0]))), -gamma * float(sum(w))))
+    elif mode in EXPLICIT:
+        w = list(value_weights) if value_weights is not None else [1.0 / len(values)] * len(values)
+        if len(w) != len(values):
+            raise ConfigError("mu", f"got {len(w)} weights for {len(values)} value models")
+        if mode == "mage_e_m":
+            merged = np.sum(
+                [wi * np.asarray(v, dtype=np.float64) for v, wi in zip(values, w, strict=True)], 0
+            )
+            comps.append(Component(_vec(merged), gamma, "value"))
+        else:
+            comps += [Component(_vec(v), gamma * wi, "value") for v, wi in zip(values, w, strict=True)]
+    comps, base_idx = _simplify(comps, mode != "mod", shortcut)
+    beam_value = "sum" if mode in IMPLICIT else "last" if mode in EXPLICIT else "logprob"
+    return RowPlan(tuple(comps), base_idx, mode, beam_value)
+
+
+def _simplify(comps: list[Component], has_base: bool, merge: bool) -> tuple[list[Component], int | None]:
+    """Drop weight-0 rows (never the base) and, with ``merge``, add up rows with the same (c, kind)."""
+    out: list[Component] = []
+    for j, comp in enumerate(comps):
+        is_base = has_base and j == 0
+        if comp.weight == 0 and not is_base:
+            continue
+        same = next((i for i, o in enumerate(out) if merge and (o.c, o.kind) == (comp.c, comp.kind)), None)
+        if same is None:
+            out.append(comp)
+        else:
+            out[same] = Component(comp.c, out[same].weight + comp.weight, comp.kind)
+    return out, (0 if has_base else None)
+
+
+@dataclass
+class AdapterRoles:
+    """Where the roles of MAGE/MOD sit in one adapter stack of ``m`` adapters (indices in objective order).
+
+    ``backbones``: Stage-1 backbones (π_base = π*_merge = Σ c_i backbone_i with c = (1+α)B(β)⁻¹μ; β None:
+    Rewarded Soups); ``experts``: π*_i of mage_i and the MOD experts (default: the backbones), mixed with
+    ``expert_beta`` when ``ensemble_weights`` is ``bone_soup``; ``values``: explicit value adapters.
+    """
+
+    m: int
+    backbones: list[int]
+    beta: float | None
+    alpha: float = 0.0
+    experts: list[int] | None = None
+    expert_beta: float | None = None
+    values: list[int] | None = None
+    star_alpha: float | None = None  # α of π*_merge (None: the base's α, so π*_merge ≡ π_base)
+
+    def _onehot(self, idx: Sequence[int]) -> list[np.ndarray]:
+        out = []
+        for i in idx:
+            e = np.zeros(self.m)
+            e[i] = 1.0
+            out.append(e)
+        return out
+
+    def _over(self, idx: Sequence[int], coeffs) -> np.ndarray:
+        c = np.zeros(self.m)
+        c[list(idx)] = coeffs
+        return c
+
+    def base(self, mu) -> np.ndarray:
+        return self._over(self.backbones, merge_coefficients(mu, self.beta, self.alpha))
+
+    def plan(
+        self,
+        mode: str,
+        mu,
+        gamma: float,
+        *,
+        ensemble_weights: str = "mu",
+        shortcut: bool = True,
+        path: str = "mu",
+    ) -> RowPlan:
+        """The ``RowPlan`` of one request (μ validated on the simplex; errors name ``path``)."""
+        check_mode(mode)
+        try:
+            mu = validate_preference(mu, len(self.backbones))
+        except ValueError as e:
+            raise ConfigError(path, str(e)) from e
+        experts = self.experts if self.experts is not None else self.backbones
+        if ensemble_weights not in ("mu", "bone_soup"):
+            raise ConfigError(
+                "decoding.ensemble_weights", f"must be 'mu' or 'bone_soup', got {ensemble_weights!r}"
+            )
+        beta = self.expert_beta if self.experts is not None else self.beta
+        ew = merge_coefficients(mu, beta) if ensemble_weights == "bone_soup" else mu
+        if mode in EXPLICIT and not self.values:
+            raise ConfigError(
+                "--value-models", f"mode {mode!r} needs explicit value models (train_value_models.py)"
+            )
+        star_alpha = self.alpha if self.star_alpha is None else self.star_alpha
+        return row_plan(
+            mode,
+            gamma,
+            base=self.base(mu),
+            star=self._over(self.backbones, merge_coefficients(mu, self.beta, star_alpha)),
+            experts=self._onehot(experts),
+            expert_weights=ew,
+            values=self._onehot(self.values) if self.values else None,
+            value_weights=mu,
+            shortcut=shortcut,
+        )

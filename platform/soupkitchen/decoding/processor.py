@@ -1,0 +1,63 @@
+"""MAGE guidance as a transformers ``LogitsProcessor``: ``model.generate`` runs π_base, this adds γ·g.
+
+    plans = [roles.plan("mage_i_m", mu, 1.0) for mu in mus]
+    with use_coefficients(model, base_coefficients(plans)):
+        model.generate(**enc, logits_processor=[GuidanceProcessor(model, plans, enc["attention_mask"])])
+
+``generate`` computes the base rows (c = the plans' base coefficients); the processor runs the plans' other
+forward rows (π*, π_ref, value models) in one pass of the same mixed model with its own KV cache and
+returns s = w_base · log_softmax(scores) + Σ_j w_j f_j (plans.py), so greedy / sampling / warpers of
+``generate`` apply to the MAGE score. It fits every mode with a base (not ``mod``) and one row per prompt
+(no ``num_beams`` / ``num_return_sequences``). ``decoding.decode`` runs the same rule in one pass for all
+rows; this is for callers that want HF ``generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+from soupkitchen.config import ConfigError
+from soupkitchen.decoding.loop import RowBatch
+from soupkitchen.decoding.plans import RowPlan
+
+
+def base_coefficients(plans: Sequence[RowPlan]) -> np.ndarray:
+    """[R, m] base coefficients of the plans: what ``generate``'s own forward rows must use."""
+    for i, p in enumerate(plans):
+        if p.base is None:
+            raise ConfigError(f"plans[{i}]", f"mode {p.mode!r} has no base model row; use decoding.decode")
+    return np.array([p.components[p.base].c for p in plans], dtype=np.float64)
+
+
+class GuidanceProcessor(LogitsProcessor):
+    """s = w_base · log_softmax(base logits) + guidance rows (see module docstring)."""
+
+    def __init__(self, model, plans: Sequence[RowPlan], attention_mask: torch.Tensor):
+        base_coefficients(plans)
+        self.model, self.mask = model, attention_mask
+        self.base_weight = torch.tensor([p.components[p.base].weight for p in plans], dtype=torch.float32)
+        self.guides = [
+            RowPlan(tuple(c for j, c in enumerate(p.components) if j != p.base), None, p.mode) for p in plans
+        ]
+        self.rows: RowBatch | None = None
+        self.seen = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[0] != len(self.guides):
+            raise ValueError(
+                f"generate has {input_ids.shape[0]} rows but {len(self.guides)} plans; "
+                "num_beams / num_return_sequences are not supported"
+            )
+        if self.rows is None:
+            self.rows = RowBatch(self.model, self.guides, input_ids, self.mask.to(input_ids.device))
+        else:
+            self.rows.advance(input_ids[:, -1])
+        out = scores.float().log_softmax(-1) * self.base_weight.to(scores.device)[:, None]
+        if self.rows.forward_rows:
+            g, _ = self.rows.forward()
+            out = out + g[:, : out.shape[-1]]
+        return out
