@@ -214,6 +214,8 @@ def train_loop_per_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 extra = {"backbone": to_dict(spec), "data_position": step, "objectives": recipe.objectives}
                 save_checkpoint(trainer, Path(tmp) / "ckpt", extra)
+                if logger and step == recipe.ppo.steps:  # copied to the outbox: uploads even after an outage
+                    logger.log_adapter(Path(tmp) / "ckpt")
                 ray.train.report(stats, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"))
         else:
             ray.train.report(stats)
@@ -247,6 +249,7 @@ def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run_id: 
         result = train_grpo_backbone(recipe, spec, Path(tmp) / "ckpt", device=device, on_step=on_step)
         final = {k: v for k, v in result.items() if isinstance(v, (int, float))}
         final.update(reward_window(result["history"], "start") | reward_window(result["history"], "end"))
+        logger.log_adapter(Path(tmp) / "ckpt")
         ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"))
     logger.finish(result["normalizer"])
 
