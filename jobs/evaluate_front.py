@@ -9,6 +9,12 @@ a soup bundle directory. Bone Soup is evaluated at every α of ``eval.alphas`` (
 extrapolation), the soups on the ``eval.grid_step`` simplex grid (11 points for 2 objectives, 66 for 3),
 MORLHF at its trained preferences, and the SFT model (W0) as one point. Output in --out: points.csv,
 metrics.csv, front.png, samples.jsonl; the table is printed and everything is logged to MLflow.
+
+Guided decoding (MAGE, MOD) over the Bone Soup base, with the cost per generated token of each mode
+relative to plain decoding measured in the same run (costs.csv):
+
+    python jobs/evaluate_front.py --recipe demo --bone-soup <bs> --rewarded-soups <rs> \\
+        --modes mage_i_m,mage_e_m,mod --gamma 1.0 --value-models <train_value_models.py output>
 """
 
 from __future__ import annotations
@@ -30,19 +36,46 @@ def parse_args(argv: list[str]):
     for m in SOURCE_METHODS:
         p.add_argument(f"--{m.replace('_', '-')}", metavar="PATH", help=f"{m} manifest.json or bundle dir")
     p.add_argument("--no-sft", action="store_true", help="leave out the SFT model (W0) point")
+    p.add_argument(
+        "--modes",
+        default="",
+        help="guided decoding fronts, comma-separated: mage_i_m, mage_i, mage_e_m, mage_e, mod "
+        "(bone_soup / rewarded_soups / plain are the sources' own fronts and are skipped here)",
+    )
+    p.add_argument("--gamma", type=float, default=None, help="guidance strength γ (default: decoding.gamma)")
+    p.add_argument("--value-models", metavar="DIR", help="explicit value models (train_value_models.py)")
     p.add_argument("--split", choices=("eval", "train"), default="eval", help="prompt split (default: eval)")
     p.add_argument("--out", default=None, help="output directory (default: outputs/eval-<recipe>)")
     args, rest = p.parse_known_args(argv)
     return args, parse_cli_overrides(rest)
 
 
-def run(recipe: Recipe, paths: dict[str, str], out: Path, include_sft: bool = True, split: str = "eval"):
-    """Evaluate every given method (+ SFT), write the outputs, log to MLflow; returns the EvalResult."""
+def parse_modes(text: str) -> list[str]:
+    """``"bone_soup,mage_i_m,mod"`` → ``["mage_i_m", "mod"]`` (the plain fronts come from the sources)."""
+    return [m for m in (x.strip() for x in text.split(",")) if m and m not in SKIPPED_MODES]
+
+
+SKIPPED_MODES = ("bone_soup", "rewarded_soups", "morlhf", "sft", "plain")
+
+
+def run(
+    recipe: Recipe,
+    paths: dict[str, str],
+    out: Path,
+    include_sft: bool = True,
+    split: str = "eval",
+    modes: list[str] | tuple[str, ...] = (),
+    gamma: float | None = None,
+    value_models: str | None = None,
+):
+    """Evaluate every given method (+ SFT, + guided ``modes``), write the outputs, log to MLflow."""
     from soupkitchen.evaluation import build_plan, evaluate, read_source, write_outputs
     from soupkitchen.tracking import RunLogger
+    from soupkitchen.value_models import load_value_models
 
     sources = {m: read_source(p, m) for m, p in paths.items() if p}
-    plan = build_plan(recipe, sources, include_sft=include_sft)
+    values = load_value_models(value_models) if value_models else None
+    plan = build_plan(recipe, sources, include_sft=include_sft, modes=modes, gamma=gamma, value_models=values)
     logger = RunLogger(recipe, f"evaluate_front:{recipe.name}", tags={"soupkitchen.job": "evaluate_front"})
     try:
         result = evaluate(plan, recipe, split=split)
@@ -50,6 +83,7 @@ def run(recipe: Recipe, paths: dict[str, str], out: Path, include_sft: bool = Tr
         metrics = {f"{label}/{k}": v for label, m in result.metrics.items() for k, v in m.items() if v == v}
         metrics["eval_seconds"] = result.seconds
         metrics["generated_tokens_per_s"] = result.generated_tokens / max(result.seconds, 1e-9)
+        metrics |= {f"{label}/{k}": v for label, c in result.costs.items() for k, v in c.items()}
         logger.log_metrics(metrics, 0)
         for path in files.values():
             logger.client.log_artifact(logger.run_id, str(path))
@@ -70,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         if not any(paths.values()):
             raise ConfigError("--bone-soup", "give at least one of --bone-soup, --rewarded-soups, --morlhf")
         out = Path(args.out or f"outputs/eval-{recipe.name}")
-        result, files = run(recipe, paths, out, include_sft=not args.no_sft, split=args.split)
+        result, files = run(
+            recipe,
+            paths,
+            out,
+            include_sft=not args.no_sft,
+            split=args.split,
+            modes=parse_modes(args.modes),
+            gamma=args.gamma,
+            value_models=args.value_models,
+        )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

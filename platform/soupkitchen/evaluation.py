@@ -7,6 +7,11 @@ shared list of LoRA adapters (all methods' backbones, deduplicated by file):
     rewarded_soups   c = μ over its n single-reward backbones
     morlhf           c = e_j at μ = w_j: one point per policy trained on w_jᵀr (retrained per preference)
     sft              c = 0: W0 alone, a single point
+    mage_i_m, mage_i, mage_e_m, mage_e, mod
+                     guided decoding (``soupkitchen.decoding``, notes/mage.md §1.5-1.6) over the Bone Soup
+                     base (α = ``soup.alpha``) with strength γ; every point a ``RowPlan`` of forward rows
+                     over the same stack (value models are stacked adapters too); MOD mixes the Rewarded
+                     Soups backbones when given, else the base's backbones
 
 All rows of all methods run through one mixed model (``merging.build_mixed_model``) with per-row c, in
 batches ordered by prompt, so every method sees the same prompts, decoding settings and batch shapes. A
@@ -57,7 +62,8 @@ class BackboneSource:
 class MethodFront:
     label: str
     preferences: np.ndarray  # [k, n] μ of each point
-    coefficients: np.ndarray  # [k, m] c over ``EvalPlan.adapters``
+    coefficients: np.ndarray  # [k, m] c over ``EvalPlan.adapters`` (guided: the base's c)
+    plans: list | None = None  # guided decoding: one ``decoding.RowPlan`` per point (None: plain generate)
 
 
 @dataclass
@@ -79,6 +85,7 @@ class EvalResult:
     samples: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     generated_tokens: int = 0
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)  # guided label → timing vs plain
 
 
 def read_source(path: str | Path, method: str | None = None, flag: str | None = None) -> BackboneSource:
@@ -184,8 +191,17 @@ def alpha_label(alpha: float) -> str:
     return "bone_soup" if alpha == 0 else f"bone_soup_a{alpha:g}"
 
 
-def build_plan(recipe: Recipe, sources: dict[str, BackboneSource], include_sft: bool = True) -> EvalPlan:
-    """The fronts to evaluate: every source's method (Bone Soup at each α of ``eval.alphas``) and SFT."""
+def build_plan(
+    recipe: Recipe,
+    sources: dict[str, BackboneSource],
+    include_sft: bool = True,
+    modes: list[str] | tuple[str, ...] = (),
+    gamma: float | None = None,
+    value_models=None,
+) -> EvalPlan:
+    """The fronts to evaluate: every source's method (Bone Soup at each α of ``eval.alphas``), SFT, and the
+    guided ``modes`` at strength ``gamma`` (default ``decoding.gamma``); ``value_models``
+    (``value_models.load_value_models``) are stacked for mage_e / mage_e_m."""
     n = len(recipe.objectives)
     adapters: list[Path] = []
     names: list[str] = []
@@ -203,6 +219,7 @@ def build_plan(recipe: Recipe, sources: dict[str, BackboneSource], include_sft: 
                 names.append(name if name not in names else f"{method}.{name}")
                 lora.append(cfg)
             placed[method].append(index[key])
+    values = _stack_values(recipe, value_models, modes, adapters, names, lora)
     m, grid = len(adapters), preference_grid(n, recipe.eval.grid_step)
     fronts = []
     for method, src in sources.items():
@@ -215,6 +232,7 @@ def build_plan(recipe: Recipe, sources: dict[str, BackboneSource], include_sft: 
             fronts.append(soup_front("rewarded_soups", idx, m, grid, None, 0.0))
         else:
             fronts.append(policy_front(method, idx, m, src.weights))
+    fronts += guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma)
     if include_sft:
         fronts.append(MethodFront("sft", np.full((1, n), 1.0 / n), np.zeros((1, m))))
     if not fronts:
@@ -222,6 +240,77 @@ def build_plan(recipe: Recipe, sources: dict[str, BackboneSource], include_sft: 
             "methods", "nothing to evaluate: give at least one of --bone-soup/--rewarded-soups/--morlhf"
         )
     return EvalPlan(list(recipe.objectives), adapters, names, lora, fronts)
+
+
+def _stack_values(
+    recipe: Recipe, value_models, modes, adapters: list, names: list, lora: list
+) -> list[int] | None:
+    """Append the value adapters to the stack (in place); their indices, or None without value models."""
+    from soupkitchen.decoding.plans import EXPLICIT
+
+    if value_models is None:
+        if any(md in EXPLICIT for md in modes):
+            raise ConfigError(
+                "--value-models", f"modes {list(modes)} include explicit ones: pass --value-models"
+            )
+        return None
+    if value_models.objectives != recipe.objectives:
+        raise ConfigError(
+            "--value-models",
+            f"value models are for objectives {value_models.objectives}, the recipe has {recipe.objectives}",
+        )
+    if value_models.model and value_models.model != to_dict(recipe.model):
+        raise ConfigError("--value-models", "value models were trained over another base model (model.*)")
+    start = len(adapters)
+    adapters += value_models.files
+    names += value_models.names
+    lora += value_models.lora
+    return list(range(start, len(adapters)))
+
+
+def guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma) -> list[MethodFront]:
+    """One front per guided mode (module docstring); the point at μ decodes ``roles.plan(mode, μ, γ)``."""
+    from soupkitchen.config import DECODING_MODES
+    from soupkitchen.decoding import AdapterRoles, check_gamma
+
+    if not modes:
+        return []
+    gamma = check_gamma(recipe.decoding.gamma if gamma is None else gamma, "--gamma")
+    for md in modes:
+        if md not in DECODING_MODES or md == "plain":
+            allowed = ", ".join(x for x in DECODING_MODES if x != "plain")
+            raise ConfigError("--modes", f"unknown guided mode {md!r}; choose from {allowed}")
+    base = next((k for k in ("bone_soup", "rewarded_soups") if k in sources), None)
+    if base is None:
+        raise ConfigError("--modes", "guided modes need a base: pass --bone-soup (or --rewarded-soups)")
+    beta = sources[base].beta if base == "bone_soup" else None
+    experts = "rewarded_soups" if "rewarded_soups" in sources else base
+    roles = AdapterRoles(
+        m,
+        placed[base],
+        beta,
+        recipe.soup.alpha,
+        experts=placed[experts],
+        expert_beta=sources[experts].beta if experts == "bone_soup" else None,
+        values=values,
+    )
+    dec = recipe.decoding
+    fronts = []
+    for md in dict.fromkeys(modes):
+        plans = [
+            roles.plan(md, mu, gamma, ensemble_weights=dec.ensemble_weights, shortcut=dec.implicit_shortcut)
+            for mu in grid
+        ]
+        C = np.array([_display_coefficients(pl) for pl in plans])
+        fronts.append(MethodFront(md, np.asarray(grid, dtype=np.float64), C, plans))
+    return fronts
+
+
+def _display_coefficients(plan) -> np.ndarray:
+    """The c shown in points.csv: the base's (MOD: Σ_j w_j c_j of its experts)."""
+    if plan.base is not None:
+        return np.asarray(plan.components[plan.base].c)
+    return np.sum([np.asarray(c.c) * c.weight for c in plan.components], axis=0)
 
 
 def load_mixed(plan: EvalPlan, recipe: Recipe, device: str = "cpu"):
@@ -279,36 +368,24 @@ def evaluate(
     if not records:
         raise ConfigError("data", f"no {split} prompts to evaluate on")
     # Rows ordered by prompt: a batch shares one prompt length (little padding) and mixes many c vectors.
-    cells = [(f, k) for f, fr in enumerate(plan.fronts) for k in range(len(fr.preferences))]
+    cells = [
+        (f, k) for f, fr in enumerate(plan.fronts) if fr.plans is None for k in range(len(fr.preferences))
+    ]
     reps = recipe.eval.samples_per_prompt
     rows = [(p, s, cell) for p in range(len(records)) for s in range(reps) for cell in cells]
     n = len(plan.objectives)
-    sums = {cell: np.zeros(n) for cell in cells}
-    words = {cell: 0.0 for cell in cells}
+    guided = [
+        (f, k) for f, fr in enumerate(plan.fronts) if fr.plans is not None for k in range(len(fr.plans))
+    ]
+    sums = {cell: np.zeros(n) for cell in cells + guided}
+    words = {cell: 0.0 for cell in cells + guided}
     samples, tokens = [], 0
     fmt = lambda p: format_prompt(tokenizer, p, recipe.model.use_chat_template)  # noqa: E731
-    torch.manual_seed(recipe.seed)
-    bs = recipe.eval.batch_size
-    t0 = time.perf_counter()
-    for start in tqdm(range(0, len(rows), bs), desc="evaluate front", disable=not progress, unit="batch"):
-        chunk = rows[start : start + bs]
-        c = np.stack([plan.fronts[f].coefficients[k] for _, _, (f, k) in chunk])
-        with use_coefficients(model, c) if plan.adapters else _nullctx():
-            g = generate_batch(
-                model,
-                tokenizer,
-                [records[p].prompt for p, _, _ in chunk],
-                recipe.generation,
-                format_prompt=fmt,
-                max_prompt_tokens=recipe.model.max_prompt_tokens,
-                device=device,
-                do_sample=not recipe.eval.greedy,
-            )
-        tokens += int(g.response_mask.sum())
-        scores = np.asarray(
-            rewards.score([records[p].context for p, _, _ in chunk], g.texts), dtype=np.float64
-        )
-        for (p, rep, cell), text, score in zip(chunk, g.texts, scores, strict=True):
+
+    def tally(chunk, texts):
+        """Score one batch of (prompt, sample, cell) rows and add them to their points."""
+        scores = np.asarray(rewards.score([records[p].context for p, _, _ in chunk], texts), dtype=np.float64)
+        for (p, rep, cell), text, score in zip(chunk, texts, scores, strict=True):
             sums[cell] += score
             words[cell] += len(text.split())
             if p < keep_samples and rep == 0:
@@ -322,7 +399,36 @@ def evaluate(
                         "rewards": dict(zip(plan.objectives, score.tolist(), strict=True)),
                     }
                 )
+
+    torch.manual_seed(recipe.seed)
+    bs = recipe.eval.batch_size
+    t0, gen_seconds = time.perf_counter(), 0.0
+    for start in tqdm(range(0, len(rows), bs), desc="evaluate front", disable=not progress, unit="batch"):
+        chunk = rows[start : start + bs]
+        c = np.stack([plan.fronts[f].coefficients[k] for _, _, (f, k) in chunk])
+        t_gen = time.perf_counter()
+        with use_coefficients(model, c) if plan.adapters else _nullctx():
+            g = generate_batch(
+                model,
+                tokenizer,
+                [records[p].prompt for p, _, _ in chunk],
+                recipe.generation,
+                format_prompt=fmt,
+                max_prompt_tokens=recipe.model.max_prompt_tokens,
+                device=device,
+                do_sample=not recipe.eval.greedy,
+            )
+        gen_seconds += time.perf_counter() - t_gen
+        tokens += int(g.response_mask.sum())
+        tally(chunk, g.texts)
     seconds = time.perf_counter() - t0
+    costs = _decode_guided(plan, recipe, model, tokenizer, records, guided, fmt, device, tally, progress)
+    if costs and tokens:  # generation time only (no reward scoring) on both sides
+        for c in costs.values():
+            c["plain_seconds_per_token"] = gen_seconds / tokens
+            c["cost_per_token_vs_plain"] = c["seconds_per_token"] / (gen_seconds / tokens)
+    seconds += sum(c["seconds"] for c in costs.values())
+    tokens += int(sum(c["tokens"] for c in costs.values()))
     count = len(records) * reps
     points, lengths = {}, {}
     for f, fr in enumerate(plan.fronts):
@@ -330,7 +436,65 @@ def evaluate(
         lengths[fr.label] = np.array([words[(f, k)] / count for k in range(len(fr.preferences))])
     ref = list(recipe.eval.ref_point) if recipe.eval.ref_point is not None else default_ref_point(points)
     metrics = {fr.label: front_metrics(points[fr.label], fr.preferences, ref) for fr in plan.fronts}
-    return EvalResult(plan, ref, points, lengths, metrics, samples, seconds, tokens)
+    return EvalResult(plan, ref, points, lengths, metrics, samples, seconds, tokens, costs)
+
+
+def _decode_guided(plan, recipe, model, tokenizer, records, guided, fmt, device, tally, progress):
+    """Decode the guided fronts' rows (``decoding.decode``), one front per batch so each mode is timed on
+    its own, with the evaluation's decoding settings (``eval.greedy``, ``generation``) and
+    ``decoding.guide_top_k`` / beam. Returns label → {seconds, tokens, seconds_per_token, forward rows}."""
+    from tqdm.auto import tqdm
+
+    from soupkitchen.decoding import DecodeSettings, decode
+
+    if not guided:
+        return {}
+    gen, dec = recipe.generation, recipe.decoding
+    settings = DecodeSettings(
+        greedy=recipe.eval.greedy,
+        temperature=gen.temperature,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+        max_new_tokens=dec.max_new_tokens or gen.max_new_tokens,
+        stop=tuple(gen.stop if dec.stop is None else dec.stop),
+        guide_top_k=dec.guide_top_k,
+        beam_width=dec.beam_width,
+        beam_expansion=dec.beam_expansion,
+        beam_lookahead=dec.beam_lookahead,
+        seed=recipe.seed,
+    ).check()
+    reps, bs = recipe.eval.samples_per_prompt, recipe.eval.batch_size
+    costs = {}
+    for f in dict.fromkeys(f for f, _ in guided):
+        fr = plan.fronts[f]
+        rows = [
+            (p, s, (f, k)) for p in range(len(records)) for s in range(reps) for k in range(len(fr.plans))
+        ]
+        generator = torch.Generator(device=device).manual_seed(recipe.seed)
+        seconds, tokens, width = 0.0, 0, 0
+        for start in tqdm(range(0, len(rows), bs), desc=fr.label, disable=not progress, unit="batch"):
+            chunk = rows[start : start + bs]
+            out = decode(
+                model,
+                tokenizer,
+                [records[p].prompt for p, _, _ in chunk],
+                [fr.plans[k] for _, _, (_, k) in chunk],
+                settings,
+                format_prompt=fmt,
+                max_prompt_tokens=recipe.model.max_prompt_tokens,
+                device=device,
+                generator=generator,
+            )
+            seconds, tokens = seconds + out.seconds, tokens + out.generated_tokens
+            width += out.forward_rows
+            tally(chunk, out.texts)
+        costs[fr.label] = {
+            "seconds": seconds,
+            "tokens": float(tokens),
+            "seconds_per_token": seconds / max(tokens, 1),
+            "forward_rows_per_row": width / len(rows),
+        }
+    return costs
 
 
 class _nullctx:
@@ -349,6 +513,10 @@ def hypervolume_ratios(result: EvalResult) -> dict[str, float]:
         for base in ("rewarded_soups", "morlhf", "sft"):
             if base in hv:
                 out[f"{bs}/{base}"] = hv[bs] / hv[base] if hv[base] > 0 else math.inf
+    for guided in result.costs:
+        for base in ("bone_soup", "rewarded_soups"):
+            if base in hv:
+                out[f"{guided}/{base}"] = hv[guided] / hv[base] if hv[base] > 0 else math.inf
     return out
 
 
@@ -362,6 +530,12 @@ def format_table(result: EvalResult) -> str:
         lines.append(f"{fr.label:<18}{len(fr.preferences):>7}" + "".join(f"{m[k]:>17.4g}" for k in keys))
     lines.append(f"reference point {result.ref_point}; objectives {result.plan.objectives}")
     lines += [f"hypervolume ratio {k}: {v:.3f}" for k, v in hypervolume_ratios(result).items()]
+    for label, c in result.costs.items():
+        ratio = c.get("cost_per_token_vs_plain", math.nan)
+        lines.append(
+            f"cost per generated token {label}: {ratio:.2f}x plain "
+            f"({c['forward_rows_per_row']:.1f} forward rows per row, {c['tokens']:.0f} tokens)"
+        )
     return "\n".join(lines)
 
 
@@ -410,4 +584,12 @@ def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = N
     with paths["samples"].open("w") as f:
         for s in result.samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    if result.costs:
+        paths["costs"] = out / "costs.csv"
+        keys = sorted({k for c in result.costs.values() for k in c})
+        with paths["costs"].open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["method", *keys])
+            for label, c in result.costs.items():
+                w.writerow([label, *(c.get(k, "") for k in keys)])
     return paths
