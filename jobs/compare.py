@@ -78,7 +78,10 @@ def normalization(manifest: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def write_bundles(recipe: Recipe, manifests: dict[str, Path], out: Path) -> dict[str, Path]:
+def write_bundles(
+    recipe: Recipe, manifests: dict[str, Path], out: Path, gamma: float | None = None
+) -> dict[str, Path]:
+    """A soup bundle per soup (Bone Soup with the recipe's β and α; Rewarded Soups) under out/bundles."""
     from soupkitchen.merging import adapters_from_manifest, write_bundle
 
     bundles = {}
@@ -95,6 +98,7 @@ def write_bundles(recipe: Recipe, manifests: dict[str, Path], out: Path) -> dict
             normalization=normalization(manifests[m]),
             ref_point=recipe.eval.ref_point or [0.0] * len(recipe.objectives),
             lora_config=recipe.lora,
+            gamma=gamma if m == "bone_soup" else None,
             overwrite=True,
         )
         bundles[m] = out / "bundles" / m

@@ -54,15 +54,15 @@ def test_beta_then_alpha_search_pick_the_argmax_and_write_it_into_the_bundle(ray
 
     job = _job(
         ray_head, "tune/search_alpha_gamma.py", *common, "--source", str(out / "bundles" / "bone_soup"),
-        "--alphas", "0,0.3", "--out", str(tmp_path / "alpha"),
+        "--mode", "mage_i_m", "--alphas", "0,0.3", "--gammas", "0,1", "--out", str(tmp_path / "alpha"),
     )  # fmt: skip
     status, log = _wait(ray_head, job), _logs(ray_head, job)
     assert status == "SUCCEEDED", log[-4000:]
     rows = _rows(tmp_path / "alpha" / "alpha_search.csv")
-    hv = {float(r["alpha"]): float(r["hypervolume"]) for r in rows}
-    assert set(hv) == {0.0, 0.3}
+    hv = {(float(r["alpha"]), float(r["gamma"])): float(r["hypervolume"]) for r in rows}
+    assert set(hv) == {(0.0, 0.0), (0.0, 1.0), (0.3, 0.0), (0.3, 1.0)}
     retuned = load_bundle(tmp_path / "alpha" / "bundles" / "bone_soup")
-    assert retuned.alpha == max(hv, key=hv.get) and retuned.beta == best
+    assert (retuned.alpha, retuned.gamma) == max(hv, key=hv.get) and retuned.beta == best
 
 
 def test_beta_specs_and_short_runs():
@@ -81,7 +81,8 @@ def test_beta_specs_and_short_runs():
         ("search_beta", ["--betas", "0.7"], "at least two distinct β"),
         ("search_beta", ["--betas", "0.7,x"], "--betas: must be comma-separated numbers"),
         ("search_alpha_gamma", ["--source", "/nonexistent"], "--source: /nonexistent is neither"),
-        ("search_alpha_gamma", ["--source", ".", "--search.gammas", "[1.0]"], "search.gammas: γ needs"),
+        ("search_alpha_gamma", ["--source", ".", "--search.gammas", "[1.0]"], "search.gammas: γ is the guid"),
+        ("search_alpha_gamma", ["--source", ".", "--mode", "magic"], "--mode: unknown mode 'magic'"),
         (
             "search_alpha_gamma",
             ["--source", ".", "--alphas", "0,2"],

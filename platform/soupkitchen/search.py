@@ -149,22 +149,45 @@ def _optuna(space: dict, keys: list[str]):
 
 
 def evaluate_config(config: dict, cache: dict) -> dict:
-    """Score one trial: the Bone Soup front of ``config["source"]`` (manifest or bundle) at its α (and γ when
-    a guided mode is given), on the validation prompts. ``cache`` keeps (model, tokenizer, rewards) per
-    adapter stack. Logs an MLflow child run with the front plot; returns the metrics for Tune."""
+    """Score one trial on the validation prompts: the Bone Soup front of ``config["source"]`` (manifest or
+    bundle) at its α, or with ``mode`` (mage_i_m, mage_e_m, mod, ...) the guided front at α and γ.
+    ``cache`` keeps (model, tokenizer, rewards) per adapter stack. Logs an MLflow child run with the front
+    plot; returns the metrics for Tune."""
     import tempfile
 
-    from soupkitchen.evaluation import build_plan, evaluate, load_mixed, read_source, write_outputs
+    from soupkitchen.evaluation import (
+        alpha_label,
+        build_plan,
+        evaluate,
+        load_mixed,
+        read_source,
+        write_outputs,
+    )
     from soupkitchen.models import resolve_device
     from soupkitchen.rewards import build_rewards
     from soupkitchen.tracking import RunLogger
 
     recipe = from_dict(Recipe, config["recipe"]).validate()
     alpha = float(config.get("alpha", 0.0))
-    recipe = with_overrides(recipe, eval={"alphas": [alpha]})
+    recipe = with_overrides(recipe, eval={"alphas": [alpha]}, soup={"alpha": alpha})
     path = config.get("source") or config["sources"][f"{config['beta']:g}"]
     source = read_source(path, "bone_soup", flag="source")
-    plan = build_plan(recipe, {"bone_soup": source}, include_sft=False)
+    mode = config.get("mode", "bone_soup")
+    values = None
+    if config.get("value_models"):
+        from soupkitchen.value_models import load_value_models
+
+        values = load_value_models(config["value_models"])
+    plan = build_plan(
+        recipe,
+        {"bone_soup": source},
+        include_sft=False,
+        modes=[] if mode == "bone_soup" else [mode],
+        gamma=config.get("gamma"),
+        value_models=values,
+    )
+    target = alpha_label(alpha) if mode == "bone_soup" else mode
+    plan.fronts = [f for f in plan.fronts if f.label == target]  # score only this trial's front
     key = tuple(str(p) for p in plan.adapters)
     device = resolve_device(recipe.device)
     if key not in cache:
@@ -182,8 +205,8 @@ def evaluate_config(config: dict, cache: dict) -> dict:
         result = evaluate(
             plan, recipe, split="validation", model=model, tokenizer=tok, rewards=rewards, progress=False
         )
-        metrics = dict(result.metrics[plan.fronts[0].label])
-        params = {k: config[k] for k in ("beta", "alpha", "gamma") if k in config}
+        metrics = dict(result.metrics[target])
+        params = {k: config[k] for k in ("beta", "alpha", "gamma", "mode") if k in config}
         logger.client.log_batch(logger.run_id, params=_params(params))
         logger.log_metrics({k: v for k, v in metrics.items() if v == v}, 0)
         with tempfile.TemporaryDirectory() as tmp:
