@@ -39,3 +39,14 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Local stack on 127.0.0.1 (S3 endpoint, MLflow server, Ray head): see README "Tracking, S3 and the local stack".
+.PHONY: stack-up stack-down stack-status
+stack-up: $(STAMP)
+	$(PY) infra/stack.py up $(ARGS)
+
+stack-down: $(STAMP)
+	$(PY) infra/stack.py down $(ARGS)
+
+stack-status: $(STAMP)
+	$(PY) infra/stack.py status $(ARGS)

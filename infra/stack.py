@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"MLflow UI: {cfg.mlflow_uri}   artifacts: {cfg.artifact_root} on {cfg.s3_endpoint}")
             if with_ray:
                 print(f"Ray dashboard: {cfg.ray_dashboard}")
-            print(f'use it: eval "$(python infra/stack.py env --state-dir {cfg.state_dir})"')
+            flags = " ".join(a for a in (sys.argv[2:] if argv is None else argv[1:]) if a != "--no-ray")
+            print(f'use it: eval "$(python infra/stack.py env {flags})"'.replace("env )", "env)"))
         elif args.command == "down":
             for name, state in down(cfg, with_ray).items():
                 print(f"{name:<7} {state}")

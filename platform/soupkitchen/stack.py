@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,11 +110,14 @@ def port_open(port: int, host: str = LOOPBACK) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 2.0, also: tuple[int, ...] = ()) -> bool:
+    """GET ``url`` answers 2xx (or one of the ``also`` codes)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return 200 <= r.status < 300
-    except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+    except urllib.error.HTTPError as e:
+        return e.code in also
+    except Exception:  # noqa: BLE001 - any other failure means "not healthy yet"
         return False
 
 
@@ -359,7 +363,8 @@ def ray_temp_dir(cfg: StackConfig) -> Path:
 
 
 def ray_healthy(cfg: StackConfig) -> bool:
-    return http_ok(f"{cfg.ray_dashboard}/api/version")
+    # With RAY_AUTH_MODE=token the dashboard answers 401 to a request without the token: it is up.
+    return http_ok(f"{cfg.ray_dashboard}/api/version", also=(401,))
 
 
 def start_ray(cfg: StackConfig, timeout: float = 180.0) -> str:

@@ -1,0 +1,117 @@
+"""infra/: the cluster manifests (checked without a cluster) and the local stack's start/stop behaviour."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from soupkitchen.config import ConfigError
+from soupkitchen.stack import StackConfig, mlflow_service, read_pid, s3_service, start_service
+from soupkitchen.tracking import check_tracking_uri
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+PLACEHOLDERS = {"${MLFLOW_TRACKING_URI}", "${S3_BUCKET}"}
+K8S = {p.name: p for p in (INFRA / "k8s").glob("*.yaml")}
+REQUIRED = {
+    "RayCluster": ["spec.headGroupSpec.template.spec.containers", "spec.workerGroupSpecs"],
+    "RayJob": ["spec.entrypoint", "spec.runtimeEnvYAML", "spec.clusterSelector"],
+    "RayService": [
+        "spec.serveConfigV2",
+        "spec.rayClusterConfig.headGroupSpec",
+        "spec.rayClusterConfig.workerGroupSpecs",
+    ],
+}
+
+
+def _get(doc, dotted):
+    for part in dotted.split("."):
+        doc = doc[part]
+    return doc
+
+
+def _images(doc) -> set[str]:
+    if isinstance(doc, dict):
+        return {v for k, v in doc.items() if k == "image" and isinstance(v, str)} | {
+            i for v in doc.values() for i in _images(v)
+        }
+    if isinstance(doc, list):
+        return {i for v in doc for i in _images(v)}
+    return set()
+
+
+def _pyproject_deps() -> set[str]:
+    deps = tomllib.loads((INFRA.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {d for d in deps if not d.startswith("ray")}
+
+
+def test_manifests_have_required_fields_one_image_and_only_the_two_placeholders():
+    assert set(K8S) == {"raycluster.yaml", "rayjob-train.yaml", "rayservice-serve.yaml"}
+    texts = {n: p.read_text() for n, p in K8S.items()} | {"ray-up.yaml": (INFRA / "ray-up.yaml").read_text()}
+    images = set()
+    for name, text in texts.items():
+        found = set(re.findall(r"\$\{[A-Z0-9_]+\}", text))
+        assert found == PLACEHOLDERS, f"{name}: placeholders {found}"
+        doc = yaml.safe_load(text)
+        images |= _images(doc)
+        if name == "ray-up.yaml":
+            for key in (
+                "cluster_name",
+                "provider",
+                "available_node_types",
+                "head_node_type",
+                "setup_commands",
+            ):
+                assert key in doc, f"ray-up.yaml: {key} missing"
+            assert doc["head_node_type"] in doc["available_node_types"]
+            continue
+        assert doc["apiVersion"] == "ray.io/v1" and doc["metadata"]["name"]
+        for field in REQUIRED[doc["kind"]]:
+            assert _get(doc, field), f"{name}: {field} empty"
+    assert len(images) == 1 and images.pop().startswith("rayproject/ray:2.")
+
+
+def test_rayjob_targets_the_raycluster_and_runs_an_existing_job_with_every_dependency():
+    cluster = yaml.safe_load(K8S["raycluster.yaml"].read_text())
+    job = yaml.safe_load(K8S["rayjob-train.yaml"].read_text())
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+    script = job["spec"]["entrypoint"].split()[1]
+    assert (INFRA.parent / script).is_file()
+    recipe = job["spec"]["entrypoint"].split("--recipe")[1].split()[0]
+    assert (INFRA.parent / "recipes" / f"{recipe}.yaml").is_file()
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert env["env_vars"]["PYTHONPATH"] == "platform" and env["working_dir"].startswith("s3://${S3_BUCKET}/")
+    assert set(env["pip"]) == _pyproject_deps()
+    serve = yaml.safe_load(yaml.safe_load(K8S["rayservice-serve.yaml"].read_text())["spec"]["serveConfigV2"])
+    app = serve["applications"][0]
+    assert re.fullmatch(r"serve\.\w+:\w+", app["import_path"])
+    assert app["runtime_env"]["working_dir"] == env["working_dir"]
+    assert app["runtime_env"]["env_vars"]["SOUPKITCHEN_SOUP_URI"].startswith("models:/soup-")
+
+
+def test_stack_config_and_tracking_uri_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"s3_port: .*1024\.\.65535.*--s3-port"):
+        StackConfig(tmp_path, s3_port=80).validate()
+    with pytest.raises(ConfigError, match="every service needs its own port"):
+        StackConfig(tmp_path, s3_port=25600, mlflow_port=25600).validate()
+    with pytest.raises(ConfigError, match="bucket: 'My_Bucket' is not a valid S3 bucket"):
+        StackConfig(tmp_path, bucket="My_Bucket").validate()
+    with pytest.raises(ConfigError, match="host: the local stack binds loopback only"):
+        StackConfig(tmp_path, host="0.0.0.0").validate()
+    with pytest.raises(ConfigError, match=r"tracking.tracking_uri: 'localhost:5000' is not a tracking URI"):
+        check_tracking_uri("localhost:5000", "tracking.tracking_uri")
+    assert check_tracking_uri("http://127.0.0.1:25556", "x")
+
+
+def test_second_start_keeps_the_running_stack_and_a_taken_port_is_refused(local_stack, tmp_path):
+    for svc in (s3_service(local_stack), mlflow_service(local_stack)):
+        pid = read_pid(svc.pid_file(local_stack))
+        assert pid is not None
+        assert start_service(svc, local_stack) == "running"
+        assert read_pid(svc.pid_file(local_stack)) == pid
+    other = StackConfig(tmp_path, s3_port=local_stack.mlflow_port, mlflow_port=local_stack.s3_port).validate()
+    with pytest.raises(ConfigError, match=rf"port {local_stack.mlflow_port} .* taken .*--s3-port"):
+        start_service(s3_service(other), other)
