@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 target = out / "bundles" / "bone_soup"
                 bundle = search.retuned_bundle(source.path, target, winner["alpha"], gamma)
+            registered = parent.log_bundle(bundle)  # a new version of soup-<recipe>, alias @candidate
         except BaseException:
             parent.finish("FAILED")
             raise
@@ -123,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table)
     chosen = ", ".join(f"{k} = {winner[k]}" for k in keys)
-    print(f"best {chosen} (hypervolume {winner[search.SCORE]:.4g}); bundle: {bundle}")
+    print(
+        f"best {chosen} (hypervolume {winner[search.SCORE]:.4g}); "
+        f"bundle: {bundle}, registered as models:/{registered}@candidate"
+    )
     print(json.dumps({**best, "hypervolume": winner[search.SCORE]}))
     return 0
 

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 chosen = [s for s in specs if s.name.startswith(f"beta{winner['beta']:g}-")]
                 final = train_backbones.run(full, "bone_soup", run_name, storage, specs=chosen)
                 manifest = search.split_beta_manifest(final, winner["beta"], out / "final")
-                compare.write_bundles(full, {"bone_soup": manifest}, out)
+                bundle = compare.write_bundles(full, {"bone_soup": manifest}, out)["bone_soup"]
+                parent.log_bundle(bundle)  # registered as soup-<recipe>, alias @candidate
         except BaseException:
             parent.finish("FAILED")
             raise
