@@ -105,6 +105,18 @@ def write_bundles(
     return bundles
 
 
+def register_bundles(recipe: Recipe, bundles: dict[str, Path], run_name: str) -> None:
+    """Log the bundles to MLflow and register them (``soup-<recipe>`` for Bone Soup, ``soup-<recipe>-rs``),
+    alias ``@candidate``: ``artifacts.load_soup("models:/soup-demo@candidate")`` loads them anywhere."""
+    from soupkitchen.tracking import RunLogger
+
+    logger = RunLogger(recipe, f"compare:{run_name}", tags={"soupkitchen.job": "compare"})
+    prefix = f"{recipe.tracking.registered_model_prefix}-{recipe.name}"
+    for m, path in bundles.items():
+        logger.log_bundle(path, name=prefix if m == "bone_soup" else f"{prefix}-rs")
+    logger.finish()
+
+
 def main(argv: list[str] | None = None) -> int:
     import jobs.evaluate_front as evaluate_front
     import jobs.train_backbones as train_backbones
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or train_backbones._local_out(storage, run_name))
         manifests = method_manifests(recipe, methods, trained, out)
         bundles = write_bundles(recipe, manifests, out)
+        register_bundles(recipe, bundles, run_name)
         result, files = evaluate_front.run(recipe, {m: str(p) for m, p in manifests.items()}, out / "eval")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -233,3 +233,8 @@ def test_compare_trains_each_distinct_policy_once_and_evaluates_all_methods(ray_
         methods = [line.split(",")[0] for line in f][1:]
     assert methods == ["bone_soup", "bone_soup_a0.2", "rewarded_soups", "morlhf", "sft"]
     assert "hypervolume ratio bone_soup/rewarded_soups" in log
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for name in ("soup-tiny", "soup-tiny-rs"):  # bundles registered, loadable as models:/<name>@candidate
+        assert client.get_model_version_by_alias(name, "candidate").version
