@@ -232,6 +232,7 @@ def train_value_model(
     opt = torch.optim.Adam(params, lr=vm.learning_rate)
     pad = tokenizer.pad_token_id
     metrics = {f"before_{k}": v for k, v in validation_metrics(model, val, objective, pad, device).items()}
+    metrics["before_train_mse"] = validation_metrics(model, train, objective, pad, device)["val_mse"]
     gen = torch.Generator().manual_seed(vm.seed + objective)
     step, losses = 0, []
     total = vm.epochs * math.ceil(len(train) / vm.batch_size)
@@ -254,6 +255,7 @@ def train_value_model(
                 break
     model.eval()
     metrics |= validation_metrics(model, val, objective, pad, device)
+    metrics["train_mse"] = validation_metrics(model, train, objective, pad, device)["val_mse"]
     metrics |= {"steps": float(step), "first_loss": losses[0], "last_loss": losses[-1]}
     metrics |= {"train_rollouts": float(len(train)), "val_rollouts": float(len(val))}
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}

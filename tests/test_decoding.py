@@ -1,0 +1,222 @@
+"""Guided decoding on the tiny recipe's trained backbones: exactness (γ = 0 is plain decoding, one-hot MOD
+is the backbone, mixed batches equal rows alone, the MAGE-I-M score is its formula), sampling and beam
+determinism, stop strings, the LogitsProcessor, input validation.
+
+References are independent of the decoding loop: HF ``generate`` (via ``generate_batch``) on the mixed
+model, dense ``materialize`` merges, and plain forward passes.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.data import load_prompt_records
+from soupkitchen.decoding import (
+    AdapterRoles,
+    DecodeSettings,
+    GuidanceProcessor,
+    RowBatch,
+    base_coefficients,
+    decode,
+    row_plan,
+)
+from soupkitchen.evaluation import build_plan, load_mixed, read_source
+from soupkitchen.generation import generate_batch
+from soupkitchen.merging import load_adapter_state, materialize, use_coefficients
+from soupkitchen.models import load_base_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+MUS = [[0.0, 1.0], [0.3, 0.7], [1.0, 0.0], [0.5, 0.5], [0.8, 0.2], [0.1, 0.9]]
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_policies):
+    """Mixed model over [BS backbone 0, BS backbone 1, RS backbone 0, RS backbone 1]; roles; prompts."""
+    recipe, trained = tiny_policies
+    sources = {m: read_source(trained["manifests"][m], m) for m in ("bone_soup", "rewarded_soups")}
+    plan = build_plan(recipe, sources, include_sft=False)
+    model, tok = load_mixed(plan, recipe)
+    roles = AdapterRoles(4, [0, 1], sources["bone_soup"].beta, 0.0, experts=[2, 3])
+    prompts = [r.prompt for r in load_prompt_records(recipe.data, "eval")[: len(MUS)]]
+    return SimpleNamespace(recipe=recipe, plan=plan, model=model, tok=tok, roles=roles, prompts=prompts)
+
+
+def run(s, plans, settings=None, prompts=None, **kw):
+    return decode(
+        s.model, s.tok, prompts or s.prompts, plans, settings or DecodeSettings(max_new_tokens=10), **kw
+    )
+
+
+def test_gamma_zero_is_plain_decoding_and_plain_is_hf_generate(stack):
+    s = stack
+    plain = run(s, [s.roles.plan("plain", mu, 0.0) for mu in MUS])
+    for mode in ("mage_i_m", "mage_i", "mod"):
+        plans = [s.roles.plan(mode, mu, 0.0) for mu in MUS]
+        if mode != "mod":
+            assert all(p.width == 1 for p in plans)  # γ = 0 drops every guidance row
+            assert torch.equal(run(s, plans).tokens, plain.tokens), mode
+    with use_coefficients(s.model, np.stack([s.roles.base(mu) for mu in MUS])):
+        hf = generate_batch(s.model, s.tok, s.prompts, s.recipe.generation, do_sample=False)
+    hf_tokens = hf.sequences[:, hf.prompt_len :][:, :10]
+    mask = torch.arange(10)[None] < plain.lengths[:, None]
+    assert torch.equal(plain.tokens[mask], hf_tokens[mask])
+    assert plain.tokens.shape == (len(MUS), 10) and plain.forward_rows == len(MUS)
+    assert (plain.lengths >= 1).all() and (plain.lengths <= 10).all()
+
+
+def test_one_hot_mod_reproduces_that_backbone(stack):
+    """MOD at μ = e_i with the RS experts is RS backbone i: compare with its dense merge W0 + ΔW_i."""
+    s = stack
+    base, _ = load_base_model(s.recipe.model)
+    for i in (0, 1):
+        mu = np.eye(2)[i]
+        plan = s.roles.plan("mod", mu, 1.0)
+        assert plan.width == 1 and plan.components[0].weight == 1.0
+        out = run(s, [plan] * 3, prompts=s.prompts[:3])
+        dense = materialize(base, [load_adapter_state(s.plan.adapters[2 + i])], [1.0], s.plan.lora[2 + i])
+        ref = generate_batch(dense, s.tok, s.prompts[:3], s.recipe.generation, do_sample=False)
+        ref_tokens = ref.sequences[:, ref.prompt_len :][:, :10]
+        mask = torch.arange(10)[None] < out.lengths[:, None]
+        assert torch.equal(out.tokens[mask], ref_tokens[:, :10][mask]), i
+
+
+def test_mixed_batch_rows_equal_rows_decoded_alone(stack):
+    s = stack
+    r = s.roles
+    plans = [
+        r.plan("plain", MUS[0], 0.0),
+        r.plan("mage_i_m", MUS[1], 1.0),
+        r.plan("mage_i", MUS[2], 0.5),
+        r.plan("mod", MUS[3], 1.0),
+        r.plan("mage_i_m", MUS[4], 2.0, shortcut=False),
+        r.plan("mage_i", MUS[5], 3.0, ensemble_weights="bone_soup"),
+    ]
+    together = run(s, plans)
+    assert together.forward_rows == sum(p.width for p in plans) == 1 + 2 + 3 + 2 + 3 + 4  # μ_i = 0: no row
+    for i, p in enumerate(plans):
+        alone = run(s, [p], prompts=[s.prompts[i]])
+        n = int(alone.lengths[0])
+        assert torch.equal(alone.tokens[0, :n], together.tokens[i, :n]), i
+    assert len(set(together.texts)) > 1
+
+
+@torch.no_grad()
+def test_mage_i_m_score_is_its_formula(stack):
+    """First-step score = log π_base + γ(log π*_merge − log π_ref), against dense merges (shortcut on/off)."""
+    s = stack
+    mu, gamma = [0.2, 0.8], 1.5
+    base_model, _ = load_base_model(s.recipe.model)
+    adapters = [load_adapter_state(p) for p in s.plan.adapters[:2]]
+    c = s.roles.base(mu)[:2]
+    dense = materialize(base_model, adapters, c, s.plan.lora[0])
+    enc = s.tok(s.prompts[:2], return_tensors="pt", padding=True)
+    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    lp_base = dense(**enc, position_ids=pos).logits[:, -1].log_softmax(-1)
+    lp_ref = base_model(**enc, position_ids=pos).logits[:, -1].log_softmax(-1)
+    want = (1 + gamma) * lp_base - gamma * lp_ref
+    for shortcut, width in ((True, 2), (False, 3)):
+        plan = s.roles.plan("mage_i_m", mu, gamma, shortcut=shortcut)
+        assert plan.width == width
+        batch = RowBatch(s.model, [plan, plan], enc["input_ids"], enc["attention_mask"])
+        score, lp = batch.forward()
+        torch.testing.assert_close(score, want, atol=2e-4, rtol=0)
+        torch.testing.assert_close(lp, lp_base, atol=1e-4, rtol=0)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(stack):
+    s = stack
+    plans = [s.roles.plan("mage_i_m", mu, 1.0) for mu in MUS]
+    st = DecodeSettings(max_new_tokens=10, greedy=False, temperature=1.3, top_p=0.95, seed=5)
+    a, b = run(s, plans, st), run(s, plans, st)
+    assert torch.equal(a.tokens, b.tokens)
+    c = run(s, plans, DecodeSettings(max_new_tokens=10, greedy=False, temperature=1.3, top_p=0.95, seed=6))
+    assert not torch.equal(a.tokens, c.tokens)
+    greedy = run(s, plans)
+    assert torch.equal(
+        run(s, plans, DecodeSettings(max_new_tokens=10, greedy=False, top_k=1)).tokens, greedy.tokens
+    )
+
+
+def test_chunk_beam(stack):
+    """b = c = 1 is plain sampling (same draws); b2c2 is deterministic under a seed, one row per request."""
+    s = stack
+    plans = [s.roles.plan("mage_i_m", mu, 1.0) for mu in MUS[:3]]
+    prompts = s.prompts[:3]
+    sample = run(s, plans, DecodeSettings(max_new_tokens=9, greedy=False, seed=2), prompts=prompts)
+    b1 = DecodeSettings(max_new_tokens=9, seed=2, beam_width=1, beam_expansion=1, beam_lookahead=4)
+    assert torch.equal(run(s, plans, b1, prompts=prompts).tokens, sample.tokens)
+    b2 = DecodeSettings(max_new_tokens=9, seed=2, beam_width=2, beam_expansion=2, beam_lookahead=3)
+    x, y = run(s, plans, b2, prompts=prompts), run(s, plans, b2, prompts=prompts)
+    assert torch.equal(x.tokens, y.tokens) and x.tokens.shape == (3, 9)
+    assert x.forward_rows == 2 * 2 * sum(p.width for p in plans)
+
+
+def test_stop_strings_and_eos(stack):
+    s = stack
+    plans = [s.roles.plan("plain", mu, 0.0) for mu in MUS]
+    free = run(s, plans)
+    words = free.texts[0].split()
+    stop = words[min(2, len(words) - 1)]
+    cut = run(s, plans, DecodeSettings(max_new_tokens=10, stop=(stop,)))
+    assert stop not in cut.texts[0] and int(cut.lengths[0]) <= int(free.lengths[0])
+    assert cut.texts[0] == free.texts[0].split(stop, 1)[0].strip()
+    eos = s.tok.eos_token_id
+    for row, n, has in zip(free.tokens, free.lengths, free.has_eos, strict=True):
+        assert bool(has) == bool((row[:n] == eos).any()) and (not has or row[n - 1] == eos)
+    assert (free.tokens[:, 0] != eos).all()  # min_new_tokens = 1, as generate_batch
+
+
+def test_logits_processor_matches_the_loop(stack):
+    s = stack
+    enc = s.tok(s.prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    for mode in ("mage_i_m", "mage_i"):
+        plans = [s.roles.plan(mode, mu, 1.0) for mu in MUS]
+        with use_coefficients(s.model, base_coefficients(plans)), torch.no_grad():
+            out = s.model.generate(
+                **enc,
+                max_new_tokens=10,
+                min_new_tokens=1,
+                do_sample=False,
+                pad_token_id=s.tok.pad_token_id,
+                logits_processor=[GuidanceProcessor(s.model, plans, enc["attention_mask"])],
+            )
+        loop = run(s, plans)
+        hf = out[:, enc["input_ids"].shape[1] :]
+        mask = torch.arange(hf.shape[1])[None] < loop.lengths[:, None]
+        assert torch.equal(hf[mask], loop.tokens[:, : hf.shape[1]][mask]), mode
+    with pytest.raises(ConfigError, match="has no base model row"):
+        base_coefficients([s.roles.plan("mod", MUS[0], 1.0)])
+
+
+def test_inputs_are_validated_with_the_field_named(stack):
+    r = stack.roles
+    with pytest.raises(ConfigError, match="decoding.mode: unknown mode 'magic'"):
+        r.plan("magic", [0.5, 0.5], 1.0)
+    with pytest.raises(ConfigError, match="decoding.gamma: guidance strength"):
+        r.plan("mage_i_m", [0.5, 0.5], -1.0)
+    with pytest.raises(ConfigError, match="mu: preference mu has 3 entries"):
+        r.plan("mage_i_m", [0.2, 0.3, 0.5], 1.0)
+    with pytest.raises(ConfigError, match="mu: preference mu sums to"):
+        r.plan("mod", [0.2, 0.3], 1.0)
+    with pytest.raises(ConfigError, match="--value-models: mode 'mage_e_m' needs explicit value models"):
+        r.plan("mage_e_m", [0.5, 0.5], 1.0)
+    with pytest.raises(ConfigError, match="decoding.mode: mode 'mage_i_m' needs π"):
+        row_plan("mage_i_m", 1.0, base=np.zeros(4))
+    with pytest.raises(ConfigError, match="decoding.beam_expansion: must be an integer >= 1"):
+        DecodeSettings(beam_width=2, beam_expansion=0).check()
+    with pytest.raises(ConfigError, match="decoding.top_p"):
+        DecodeSettings(top_p=0.0).check()
+    with pytest.raises(ConfigError, match=r"decoding.beam_width: must lie in \[0, 64\]"):
+        load_recipe("tiny", {"decoding.beam_width": -1})
+    with pytest.raises(ConfigError, match="decoding.modes.1: unknown mode 'mage'"):
+        load_recipe("tiny", {"decoding.modes": ["mod", "mage"]})
+    rec = load_recipe(
+        "tiny", {"decoding.max_new_tokens": 7, "decoding.greedy": False, "decoding.beam_width": 2}
+    )
+    st = DecodeSettings.from_config(rec.decoding, rec.generation)
+    assert (st.max_new_tokens, st.greedy, st.beam_width, st.stop) == (7, False, 2, ())
