@@ -22,7 +22,6 @@ between chunks (b·c = b candidates, b kept), so b<k>c1 is best-of-k by value: t
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,6 +146,7 @@ class RowBatch:
             for p, o in zip(self.plans, self.offsets, strict=True)
         ]
         self.base_f = torch.tensor(base, dtype=torch.long, device=self.device)
+        self._c = None
         self.beam_kind = torch.tensor([_BEAM_VALUE[p.beam_value] for p in self.plans], device=self.device)
 
     @property
@@ -155,12 +155,16 @@ class RowBatch:
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass over the pending tokens: (s [R, V], log π_base [R, V]; rows without base: row 0's)."""
-        ctx = contextlib.nullcontext()
-        if self.mixed:
-            from soupkitchen.merging import use_coefficients
+        state = previous = None
+        if self.mixed:  # checked and moved to the device once per layout; restored after the pass
+            from soupkitchen.merging.mixed import mix_state, set_coefficients
 
-            ctx = use_coefficients(self.model, self.coeffs)
-        with ctx:
+            state = mix_state(self.model)
+            previous = state.c
+            if self._c is None:
+                self._c = set_coefficients(self.model, self.coeffs)
+            state.c = self._c
+        try:
             out = self.model(
                 input_ids=self.pending,
                 attention_mask=self.mask,
@@ -168,6 +172,9 @@ class RowBatch:
                 past_key_values=self.cache,
                 use_cache=True,
             )
+        finally:
+            if state is not None:
+                state.c = previous
         self.cache = out.past_key_values
         logits = out.logits[:, -1].float()
         f = torch.where(self.is_value[:, None], logits, logits.log_softmax(-1))
