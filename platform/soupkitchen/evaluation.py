@@ -27,6 +27,7 @@ each method's points against the recipe's reference point.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -450,18 +451,12 @@ def _decode_guided(plan, recipe, model, tokenizer, records, guided, fmt, device,
     if not guided:
         return {}
     gen, dec = recipe.generation, recipe.decoding
-    settings = DecodeSettings(
+    settings = dataclasses.replace(  # the evaluation's sampling settings, as for the plain fronts
+        DecodeSettings.from_config(dec, gen, recipe.seed),
         greedy=recipe.eval.greedy,
         temperature=gen.temperature,
         top_k=gen.top_k,
         top_p=gen.top_p,
-        max_new_tokens=dec.max_new_tokens or gen.max_new_tokens,
-        stop=tuple(gen.stop if dec.stop is None else dec.stop),
-        guide_top_k=dec.guide_top_k,
-        beam_width=dec.beam_width,
-        beam_expansion=dec.beam_expansion,
-        beam_lookahead=dec.beam_lookahead,
-        seed=recipe.seed,
     ).check()
     reps, bs = recipe.eval.samples_per_prompt, recipe.eval.batch_size
     costs = {}

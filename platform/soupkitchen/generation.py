@@ -35,6 +35,19 @@ def clean_text(text: str, stop: list[str]) -> str:
     return text.strip()
 
 
+def encode_prompts(tokenizer, prompts, format_prompt=None, max_prompt_tokens: int = 256, device="cpu"):
+    """Formatted prompts, left-padded and left-truncated to ``max_prompt_tokens``, no special tokens added."""
+    fmt = format_prompt or (lambda p: p)
+    return tokenizer(
+        [fmt(p) for p in prompts],
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_prompt_tokens,
+        add_special_tokens=False,
+    ).to(device)
+
+
 @torch.no_grad()
 def generate_batch(
     model,
@@ -49,15 +62,7 @@ def generate_batch(
     synced_gpus: bool = False,
 ) -> Generation:
     """Tokenise, ``model.generate`` (KV cache) and decode one batch; see the module docstring."""
-    fmt = format_prompt or (lambda p: p)
-    enc = tokenizer(
-        [fmt(p) for p in prompts],
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=max_prompt_tokens,
-        add_special_tokens=False,
-    ).to(device)
+    enc = encode_prompts(tokenizer, prompts, format_prompt, max_prompt_tokens, device)
     sample = gen.do_sample if do_sample is None else do_sample
     out = model.generate(
         input_ids=enc["input_ids"],

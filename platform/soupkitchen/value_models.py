@@ -19,6 +19,7 @@ mixed model and merge linearly (Eq. 24: c = Σ_i μ_i e_{V_i}).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -91,7 +92,7 @@ def collect_rollouts(
     for start in tqdm(range(0, len(rows), bs), desc="value-model rollouts", disable=not progress):
         chunk = rows[start : start + bs]
         c = np.stack([np.asarray(c, dtype=np.float64) for _, c, _ in chunk])
-        ctx = use_coefficients(model, c) if c.shape[1] else _null()
+        ctx = use_coefficients(model, c) if c.shape[1] else contextlib.nullcontext()
         with ctx:
             g = generate_batch(
                 model,
@@ -118,14 +119,6 @@ def collect_rollouts(
                 )
             )
     return out
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def collate(rollouts: Sequence[Rollout], pad_id: int, device="cpu"):

@@ -259,18 +259,6 @@ def _step(batch: RowBatch, s, base_lp, st, sample, generator, tokenizer, step: i
                 batch.done[r] = True
 
 
-def _encode(tokenizer, prompts, format_prompt, max_prompt_tokens, device):
-    fmt = format_prompt or (lambda p: p)
-    return tokenizer(
-        [fmt(p) for p in prompts],
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=max_prompt_tokens,
-        add_special_tokens=False,
-    ).to(device)
-
-
 @torch.no_grad()
 def decode(
     model,
@@ -285,7 +273,7 @@ def decode(
     generator: torch.Generator | None = None,
 ) -> Decoded:
     """Decode one batch: row r is ``prompts[r]`` under ``plans[r]`` (see the module docstring)."""
-    from soupkitchen.generation import clean_text
+    from soupkitchen.generation import clean_text, encode_prompts
 
     st = (settings or DecodeSettings()).check()
     if len(prompts) != len(plans):
@@ -295,7 +283,7 @@ def decode(
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(st.seed)
     t0 = time.perf_counter()
-    enc = _encode(tokenizer, prompts, format_prompt, max_prompt_tokens, device)
+    enc = encode_prompts(tokenizer, prompts, format_prompt, max_prompt_tokens, device)
     batch = RowBatch(model, plans, enc["input_ids"], enc["attention_mask"])
     R, T = len(prompts), st.max_new_tokens
     if st.beam_width:
