@@ -1,0 +1,110 @@
+"""Explicit value models on the tiny recipe (a few Eq. 16 steps), stacked with the backbones, and the guided
+fronts of evaluate_front: γ = 0 fronts equal the Bone Soup front, MOD's ends equal the RS ends, costs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.evaluation import build_plan, evaluate, load_mixed, read_source
+from soupkitchen.value_models import load_value_models
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+FAST = {
+    "value_model.num_prompts": 6,
+    "value_model.samples_per_prompt": 2,
+    "value_model.epochs": 3,
+    "value_model.batch_size": 8,
+    "value_model.learning_rate": 0.02,
+    "value_model.val_fraction": 0.34,
+}
+
+
+@pytest.fixture(scope="module")
+def value_dir(tiny_policies, tmp_path_factory):
+    import jobs.train_value_models as job
+
+    _, trained = tiny_policies
+    out = tmp_path_factory.mktemp("values") / "vm"
+    recipe = load_recipe("tiny", FAST)
+    manifest, metrics = job.run(recipe, str(trained["manifests"]["bone_soup"]), out, progress=False)
+    return out, manifest, metrics
+
+
+def test_value_models_fit_eq16_and_are_saved_as_stackable_adapters(value_dir, tmp_path):
+    import shutil
+
+    import mlflow
+
+    out, manifest, metrics = value_dir
+    doc = json.loads(manifest.read_text())
+    assert doc["format"] == "soupkitchen.value_models/v1" and doc["objectives"] == ["warm", "calm"]
+    for obj in ("warm", "calm"):
+        m = metrics[obj]
+        assert m["train_mse"] < m["before_train_mse"], m  # Eq. 16 regression moved V[y_t] toward r
+        assert m["steps"] >= 3 and m["val_rollouts"] > 0
+    vm = load_value_models(out)
+    assert [f.name for f in vm.files] == ["value-warm.safetensors", "value-calm.safetensors"]
+    runs = mlflow.search_runs(experiment_names=["soupkitchen"], output_format="list")
+    run = next(r for r in runs if r.info.run_name == "train_value_models:tiny")
+    assert run.info.status == "FINISHED" and "warm.train_mse" in run.data.metrics
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "adapters" / "value-warm.safetensors").write_bytes(b"broken")
+    with pytest.raises(ConfigError, match="--value-models: value model value-warm: .* sha256"):
+        load_value_models(broken)
+
+
+def test_guided_fronts_gamma_zero_equal_bone_soup_and_mod_ends_equal_rs(tiny_policies, value_dir, tmp_path):
+    recipe, trained = tiny_policies
+    good, _, _ = value_dir
+    rec = load_recipe(
+        "tiny",
+        {"eval.greedy": True, "eval.samples_per_prompt": 1, "eval.num_prompts": 3, "eval.alphas": [0.0]},
+    )
+    sources = {m: read_source(trained["manifests"][m], m) for m in ("bone_soup", "rewarded_soups")}
+    modes = ["mage_i_m", "mage_e_m", "mage_e", "mod"]
+    plan = build_plan(rec, sources, False, modes, 0.0, load_value_models(good))
+    assert len(plan.adapters) == 6 and plan.names[-2:] == ["value-warm", "value-calm"]
+    model, tok = load_mixed(plan, rec)
+    res = evaluate(plan, rec, model=model, tokenizer=tok, progress=False)
+    for md in ("mage_i_m", "mage_e_m", "mage_e"):
+        np.testing.assert_allclose(res.points[md], res.points["bone_soup"], atol=1e-12, err_msg=md)
+    for end in (0, -1):  # μ = e_i: MOD is RS backbone i, RS at μ = e_i too
+        np.testing.assert_allclose(res.points["mod"][end], res.points["rewarded_soups"][end], atol=1e-12)
+    assert set(res.costs) == set(modes) and all(c["cost_per_token_vs_plain"] > 0 for c in res.costs.values())
+    assert res.costs["mage_i_m"]["forward_rows_per_row"] == 1.0  # γ = 0: no guidance rows
+    assert res.costs["mod"]["forward_rows_per_row"] == pytest.approx((2 + 9 * 2) / 11)
+
+
+def test_evaluate_front_job_with_modes(tiny_policies, value_dir, tmp_path, capsys):
+    import jobs.evaluate_front as job
+
+    _, trained = tiny_policies
+    args = [
+        "--recipe",
+        "tiny",
+        "--out",
+        str(tmp_path / "eval"),
+        "--eval.num_prompts",
+        "2",
+        "--eval.alphas",
+        "[0.0]",
+    ]
+    args += ["--bone-soup", str(trained["manifests"]["bone_soup"]), "--no-sft"]
+    assert job.main([*args, "--modes", "bone_soup,mage_i_m,mod", "--gamma", "1.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "cost per generated token mage_i_m" in printed and "mage_i_m/bone_soup" in printed
+    with (tmp_path / "eval" / "costs.csv").open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"mage_i_m", "mod"} and float(rows["mage_i_m"]["forward_rows_per_row"]) == 2.0
+    assert job.main([*args, "--modes", "mage_x"]) == 2
+    assert "--modes: unknown guided mode 'mage_x'" in capsys.readouterr().err
+    assert job.main([*args, "--modes", "mage_e_m"]) == 2
+    assert "--value-models" in capsys.readouterr().err
+    assert job.main([*args, "--modes", "mage_i_m", "--gamma", "-1"]) == 2
+    assert "--gamma: guidance strength" in capsys.readouterr().err
