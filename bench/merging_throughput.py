@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, model in cases.items():
                 times[k].append(timed(lambda m=model, x=batch: gen(m, x, args.tokens), sync))
         tps = {k: b * args.tokens / statistics.median(v) for k, v in times.items()}
-        print(f"\nbatch {b}: " + "  ".join(f"{k} {v:.0f} tok/s" for k, v in tps.items()))
+        print(f"\nbatch {b}: " + "  ".join(f"{k} {v:.1f} tok/s" for k, v in tps.items()))
         print(
             f"  mixed-{n} (every row its own μ) / peft-1 (one adapter): "
             f"{tps[f'mixed-{n}'] / tps['peft-1']:.2f}x   (target ≥ 0.80)"
