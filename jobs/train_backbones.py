@@ -88,6 +88,7 @@ def backbone_trial(config: dict) -> None:
             "recipe": config["recipe"],
             "backbone": spec,
             "parent_run_id": config["parent_run_id"],
+            "checkpoint_root": f"{config['storage']}/{config['run_name']}-{spec['name']}",
         },
         scaling_config=ScalingConfig(
             num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources

@@ -162,3 +162,24 @@ def test_resume_with_other_lora_targets_is_refused(tmp_path):
     wider = load_recipe("tiny", {"lora.target_modules": ["c_attn", "c_fc", "c_proj", "lm_head"]})
     with pytest.raises(ValueError, match="does not match the recipe's LoRA.*missing"):
         build_trainer(wider, weights, restore=tmp_path / "ckpt")
+
+
+def test_latest_checkpoint_picks_the_newest_complete_one(tmp_path):
+    """A run killed between writing a checkpoint and Ray Train registering it resumes from the disk."""
+    import json
+
+    from soupkitchen.backbones import latest_checkpoint
+
+    for name, position, ranks in (("a", 5, True), ("b", 15, False), ("c", 10, True)):
+        d = tmp_path / f"checkpoint_{name}"
+        d.mkdir()
+        (d / "state.json").write_text(json.dumps({"data_position": position}))
+        if ranks:
+            (d / "state-rank1.json").write_text("{}")
+    (tmp_path / "checkpoint_d").mkdir()  # state.json never written: incomplete
+    (tmp_path / "checkpoint_e").mkdir()
+    (tmp_path / "checkpoint_e" / "state.json").write_text("{trunc")
+    assert latest_checkpoint(str(tmp_path), world_size=1) == tmp_path / "checkpoint_b"
+    assert latest_checkpoint(str(tmp_path), world_size=2) == tmp_path / "checkpoint_c"  # b lacks rank 1
+    assert latest_checkpoint(str(tmp_path / "none"), 1) is None
+    assert latest_checkpoint("s3://bucket/run", 1) is None

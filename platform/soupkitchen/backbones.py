@@ -11,6 +11,7 @@ and runs ``ppo.steps`` PPO iterations on its shard of every batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -185,7 +186,12 @@ def train_loop_per_worker(config: dict) -> None:
         return _train_grpo(recipe, spec, device, config.get("parent_run_id"))
     comm = TorchDistComm(device if device.startswith("cuda") else "cpu")
     restore = ray.train.get_checkpoint()
-    with restore.as_directory() if restore else _null_dir() as ckpt_dir:
+    if restore is None and (found := latest_checkpoint(config.get("checkpoint_root"), world)):
+        # Killed after the checkpoint was written but before Ray Train registered it: no step is lost.
+        if rank == 0:
+            print(f"[{spec.name}] no registered checkpoint; resuming from {found}", flush=True)
+        restore = ray.train.Checkpoint.from_directory(str(found))
+    with restore.as_directory() if restore else contextlib.nullcontext() as ckpt_dir:
         trainer = build_trainer(
             recipe,
             spec.weights,
@@ -263,12 +269,21 @@ def progress_line(name: str, stats: dict, recipe: Recipe) -> str:
     )
 
 
-class _null_dir:
-    def __enter__(self):
+def latest_checkpoint(root: str | None, world_size: int) -> Path | None:
+    """The newest complete checkpoint in a local run directory (``checkpoint_*/state.json``, which is written
+    last, and every rank's state file), or None. Remote (``s3://``) roots are left to Ray Train."""
+    if not root or "://" in root:
         return None
-
-    def __exit__(self, *exc):
-        return False
+    best: tuple[int, Path] | None = None
+    for state in Path(root).glob("checkpoint_*/state.json"):
+        try:
+            position = int(json.loads(state.read_text())["data_position"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # partial or foreign file: never resume from it
+        ranks_done = all((state.parent / f"state-rank{r}.json").is_file() for r in range(1, world_size))
+        if ranks_done and (best is None or position > best[0]):
+            best = (position, state.parent)
+    return best[1] if best else None
 
 
 def write_manifest(path: str | os.PathLike, recipe: Recipe, method: str, backbones: list[dict]) -> Path:
