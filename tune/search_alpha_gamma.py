@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         for flag, key in (("--alphas", "search.alphas"), ("--gammas", "search.gammas")):
             value = getattr(args, flag[2:])
             if value is not None:
-                try:
-                    overrides[key] = [float(a) for a in value.split(",") if a.strip()]
-                except ValueError as e:
-                    raise ConfigError(flag, f"must be comma-separated numbers, got {value!r}") from e
+                overrides[key] = search.parse_floats(value, flag)
         recipe = load_recipe(args.recipe, overrides)
         guided = args.mode != "bone_soup"
         if guided:

@@ -47,10 +47,9 @@ def parse_args(argv: list[str]):
 def _betas(args, recipe) -> list[float]:
     if args.betas is None:
         return list(recipe.search.betas or recipe.soup.beta_candidates)
-    try:
-        return [float(b) for b in args.betas.split(",") if b.strip()]
-    except ValueError as e:
-        raise ConfigError("--betas", f"must be comma-separated numbers, got {args.betas!r}") from e
+    from soupkitchen.search import parse_floats
+
+    return parse_floats(args.betas, "--betas")
 
 
 def main(argv: list[str] | None = None) -> int:

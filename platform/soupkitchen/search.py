@@ -27,6 +27,14 @@ from soupkitchen.preferences import backbone_weights
 SCORE = "hypervolume"
 
 
+def parse_floats(value: str, flag: str) -> list[float]:
+    """A CLI list such as ``0.6,0.7,0.8`` → floats; anything else is a ConfigError naming ``flag``."""
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError as e:
+        raise ConfigError(flag, f"must be comma-separated numbers, got {value!r}") from e
+
+
 def beta_name(beta: float, i: int) -> str:
     return f"beta{beta:g}-{i}"
 
