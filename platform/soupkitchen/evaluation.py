@@ -26,6 +26,7 @@ each method's points against the recipe's reference point.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -408,7 +409,7 @@ def evaluate(
         chunk = rows[start : start + bs]
         c = np.stack([plan.fronts[f].coefficients[k] for _, _, (f, k) in chunk])
         t_gen = time.perf_counter()
-        with use_coefficients(model, c) if plan.adapters else _nullctx():
+        with use_coefficients(model, c) if plan.adapters else contextlib.nullcontext():
             g = generate_batch(
                 model,
                 tokenizer,
@@ -490,14 +491,6 @@ def _decode_guided(plan, recipe, model, tokenizer, records, guided, fmt, device,
             "forward_rows_per_row": width / len(rows),
         }
     return costs
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def hypervolume_ratios(result: EvalResult) -> dict[str, float]:
