@@ -75,3 +75,22 @@ def tiny_policies(tmp_path_factory):
 
     recipe = load_recipe("tiny")
     return recipe, train_policies(recipe, tmp_path_factory.mktemp("tiny-policies"))
+
+
+@pytest.fixture(scope="session")
+def tiny_value_models(tiny_policies, tmp_path_factory):
+    """``(dir, value_models.json, metrics)``: explicit value models for the tiny Bone Soup backbones."""
+    from tests.tiny_training import train_value_models
+
+    _, trained = tiny_policies
+    return train_value_models(trained["manifests"]["bone_soup"], tmp_path_factory.mktemp("values") / "vm")
+
+
+@pytest.fixture(scope="session")
+def tiny_soup(tiny_policies, tiny_value_models, tmp_path_factory) -> Path:
+    """The tiny Bone Soup bundle with its value models: what the serving tests deploy."""
+    from tests.tiny_training import write_soup
+
+    recipe, trained = tiny_policies
+    out = tmp_path_factory.mktemp("soup")
+    return write_soup(recipe, trained["manifests"]["bone_soup"], tiny_value_models[0], out)

@@ -14,25 +14,11 @@ from soupkitchen.evaluation import build_plan, evaluate, load_mixed, read_source
 from soupkitchen.value_models import load_value_models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-FAST = {
-    "value_model.num_prompts": 6,
-    "value_model.samples_per_prompt": 2,
-    "value_model.epochs": 3,
-    "value_model.batch_size": 8,
-    "value_model.learning_rate": 0.02,
-    "value_model.val_fraction": 0.34,
-}
 
 
 @pytest.fixture(scope="module")
-def value_dir(tiny_policies, tmp_path_factory):
-    import jobs.train_value_models as job
-
-    _, trained = tiny_policies
-    out = tmp_path_factory.mktemp("values") / "vm"
-    recipe = load_recipe("tiny", FAST)
-    manifest, metrics = job.run(recipe, str(trained["manifests"]["bone_soup"]), out, progress=False)
-    return out, manifest, metrics
+def value_dir(tiny_value_models):
+    return tiny_value_models
 
 
 def test_value_models_fit_eq16_and_are_saved_as_stackable_adapters(value_dir, tmp_path):

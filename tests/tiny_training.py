@@ -63,3 +63,35 @@ def train_policies(recipe, out: Path) -> dict:
         "manifests": manifests,
         "trainers": {w: t for w, (t, _) in trained.items()},
     }
+
+
+VALUE_FAST = {  # a few Eq. 16 steps: enough to learn the keyword rewards' direction on the tiny model
+    "value_model.num_prompts": 6,
+    "value_model.samples_per_prompt": 2,
+    "value_model.epochs": 3,
+    "value_model.batch_size": 8,
+    "value_model.learning_rate": 0.02,
+    "value_model.val_fraction": 0.34,
+}
+
+
+def train_value_models(manifest: Path, out: Path):
+    """``(dir, value_models.json, metrics)``: the tiny recipe's value models on rollouts of ``manifest``."""
+    import jobs.train_value_models as job
+    from soupkitchen.config import load_recipe
+
+    recipe = load_recipe("tiny", VALUE_FAST)
+    path, metrics = job.run(recipe, str(manifest), out, progress=False)
+    return out, path, metrics
+
+
+def write_soup(recipe, manifest: Path, values: Path | None, out: Path) -> Path:
+    """The Bone Soup bundle of ``manifest`` (γ 1), with the value models in ``values`` shipped along."""
+    from jobs.compare import write_bundles
+    from soupkitchen.merging import attach_value_models
+    from soupkitchen.value_models import load_value_models
+
+    path = write_bundles(recipe, {"bone_soup": manifest}, out, gamma=1.0)["bone_soup"]
+    if values is not None:
+        attach_value_models(path, load_value_models(values))
+    return path

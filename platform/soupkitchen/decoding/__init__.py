@@ -10,7 +10,7 @@ Modules: ``plans`` (modes as weighted forward rows over one adapter stack, notes
 ``soupkitchen.value_models``.
 """
 
-from soupkitchen.decoding.loop import Decoded, DecodeSettings, RowBatch, decode
+from soupkitchen.decoding.loop import Decoded, Decoder, DecodeSettings, RowBatch, decode
 from soupkitchen.decoding.plans import AdapterRoles, Component, RowPlan, check_gamma, check_mode, row_plan
 from soupkitchen.decoding.processor import GuidanceProcessor, base_coefficients
 
@@ -19,6 +19,7 @@ __all__ = [
     "Component",
     "DecodeSettings",
     "Decoded",
+    "Decoder",
     "GuidanceProcessor",
     "RowBatch",
     "RowPlan",

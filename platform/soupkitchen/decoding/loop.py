@@ -209,37 +209,90 @@ class RowBatch:
         self._layout()
 
 
-def _filter(s: torch.Tensor, base_lp: torch.Tensor, batch: RowBatch, st: DecodeSettings, step: int, eos: int):
-    if st.guide_top_k:
-        has_base = batch.base_f >= 0
-        k = min(st.guide_top_k, s.shape[-1])
-        outside = torch.ones_like(s, dtype=torch.bool).scatter_(1, base_lp.topk(k, dim=-1).indices, False)
-        s = s.masked_fill(outside & has_base[:, None], float("-inf"))
-    if step < st.min_new_tokens and eos is not None:
+class RowRules:
+    """Per-row decoding settings as tensors: a batch may mix greedy and sampled rows, temperatures, top-k /
+    top-p, token limits and stop strings (a server batches requests that differ in all of these).
+
+    Sampling draws one uniform u_r per row and step and takes the inverse CDF of softmax(s_r / T_r) after
+    top-k / top-p (transformers' warper semantics). Rows share one generator (``decode`` with one
+    ``DecodeSettings``) or each has its own, seeded by its settings' ``seed`` (a list of settings): then a
+    row's draws do not depend on which other rows share its batch.
+    """
+
+    def __init__(self, settings: Sequence[DecodeSettings], device, generator: torch.Generator | None = None):
+        def col(key, dtype):
+            return torch.tensor([getattr(x, key) for x in settings], dtype=dtype, device=device)
+
+        self.greedy = col("greedy", torch.bool)
+        self.temperature = col("temperature", torch.float32)
+        self.top_k, self.top_p = col("top_k", torch.long), col("top_p", torch.float32)
+        self.guide_top_k = col("guide_top_k", torch.long)
+        self.max_new, self.min_new = col("max_new_tokens", torch.long), col("min_new_tokens", torch.long)
+        self.stop = [tuple(x.stop) for x in settings]
+        self.max_steps = int(self.max_new.max())
+        self.sampled = bool((~self.greedy).any())
+        self.generators = (
+            [generator]
+            if generator is not None
+            else [torch.Generator().manual_seed(int(x.seed)) for x in settings]
+        )
+
+    def select(self, keep: torch.Tensor) -> None:
+        for key in ("greedy", "temperature", "top_k", "top_p", "guide_top_k", "max_new", "min_new"):
+            setattr(self, key, getattr(self, key)[keep])
+        keep = keep.tolist()
+        self.stop = [self.stop[i] for i in keep]
+        if len(self.generators) > 1:
+            self.generators = [self.generators[i] for i in keep]
+
+    def uniform(self, n: int, device) -> torch.Tensor:
+        if len(self.generators) == 1:
+            return torch.rand(n, generator=self.generators[0]).to(device)
+        return torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(device)
+
+
+def _keep_top(x: torch.Tensor, k: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, −inf outside the k_r best entries (k_r = 0: all) and outside the top-p_r nucleus."""
+    V = x.shape[-1]
+    k = torch.where(k > 0, k.clamp(max=V), torch.full_like(k, V))
+    if p is None and bool((k == V).all()):
+        return x
+    sx, idx = x.sort(-1, descending=True)
+    drop = torch.arange(V, device=x.device)[None] >= k[:, None]
+    if p is not None and bool((p < 1).any()):
+        probs = sx.masked_fill(drop, float("-inf")).softmax(-1)
+        drop |= probs.cumsum(-1) - probs >= p[:, None]  # mass strictly before the token already >= p
+    return x.scatter(-1, idx, sx.masked_fill(drop, float("-inf")))
+
+
+def _filter(s: torch.Tensor, base_lp: torch.Tensor, batch: RowBatch, rules: RowRules, step: int, eos):
+    """Guidance restricted to π_base's top-k (``guide_top_k``) and no EOS before ``min_new_tokens``."""
+    if bool((rules.guide_top_k > 0).any()):
+        allowed = torch.isfinite(_keep_top(base_lp, rules.guide_top_k))
+        s = s.masked_fill(~allowed & (batch.base_f >= 0)[:, None], float("-inf"))
+    if eos is not None and bool((rules.min_new > step).any()):
         s = s.clone()
-        s[:, eos] = float("-inf")
+        s[rules.min_new > step, eos] = float("-inf")
     return s
 
 
-def _choose(s: torch.Tensor, st: DecodeSettings, sample: bool, generator: torch.Generator) -> torch.Tensor:
-    """Argmax, or a draw from softmax(s / T) after top-k and top-p (transformers' warpers)."""
-    if not sample:
-        return s.argmax(-1)
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    x = TemperatureLogitsWarper(float(st.temperature))(None, s)
-    if st.top_k:
-        x = TopKLogitsWarper(st.top_k)(None, x)
-    if st.top_p < 1.0:
-        x = TopPLogitsWarper(float(st.top_p))(None, x)
-    return torch.multinomial(x.softmax(-1), 1, generator=generator).squeeze(1)
+def _choose(s: torch.Tensor, rules: RowRules, sample_all: bool = False) -> torch.Tensor:
+    """Argmax for greedy rows; for the others a draw from softmax(s / T) after top-k and top-p."""
+    greedy = s.argmax(-1)
+    if not (rules.sampled or sample_all):
+        return greedy
+    x = _keep_top(s / rules.temperature[:, None], rules.top_k, rules.top_p)
+    cdf = x.softmax(-1).cumsum(-1)
+    u = rules.uniform(len(s), s.device)[:, None] * cdf[:, -1:]
+    drawn = torch.searchsorted(cdf, u).squeeze(1).clamp(max=s.shape[-1] - 1)
+    return drawn if sample_all else torch.where(rules.greedy, greedy, drawn)
 
 
-def _step(batch: RowBatch, s, base_lp, st, sample, generator, tokenizer, step: int) -> None:
-    """Pick one token per row, update values (beam), EOS / stop / done flags, and append it."""
+def _step(batch: RowBatch, s, base_lp, rules: RowRules, tokenizer, step: int, sample_all=False):
+    """Pick one token per row, update values (beam), EOS / stop / limit / done flags, and append it."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    s = _filter(s, base_lp, batch, st, step, eos)
-    tok = _choose(s, st, sample, generator)
+    s = _filter(s, base_lp, batch, rules, step, eos)
+    tok = _choose(s, rules, sample_all)
     tok = torch.where(batch.done, torch.full_like(tok, pad), tok)
     picked = s.gather(1, tok[:, None]).squeeze(1)
     guide = picked - base_lp.gather(1, tok[:, None]).squeeze(1)
@@ -251,12 +304,108 @@ def _step(batch: RowBatch, s, base_lp, st, sample, generator, tokenizer, step: i
     batch.advance(tok)
     hit = live & (tok == eos) if eos is not None else torch.zeros_like(live)
     batch.eos |= hit
-    batch.done |= hit
-    if st.stop:
-        for r in torch.nonzero(live & ~hit).flatten().tolist():
+    batch.done |= hit | (rules.max_new <= step + 1)
+    for r in torch.nonzero(live & ~hit).flatten().tolist():
+        if rules.stop[r]:
             text = tokenizer.decode(batch.gen[r], skip_special_tokens=True)
-            if any(x in text for x in st.stop):
+            if any(x in text for x in rules.stop[r]):
                 batch.done[r] = True
+
+
+class Decoder:
+    """Token-level decoding one step at a time (what ``decode`` runs and a server streams from).
+
+        dec = Decoder(model, tok, prompts, plans, [DecodeSettings(...) per row])
+        while not dec.finished:
+            new, done = dec.step()     # one token per row (pad once done), done flags after it
+        out = dec.result()
+
+    ``settings``: one ``DecodeSettings`` for all rows (one generator, seeded by it), or one per row (each
+    row its own limits, sampling and seeded generator). The chunk-level beam is ``decode``'s alone.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompts: Sequence[str],
+        plans: Sequence[RowPlan],
+        settings: DecodeSettings | Sequence[DecodeSettings] | None = None,
+        *,
+        format_prompt: Callable[[str], str] | None = None,
+        max_prompt_tokens: int = 256,
+        device: str | torch.device = "cpu",
+        generator: torch.Generator | None = None,
+    ):
+        from soupkitchen.generation import encode_prompts
+
+        if len(prompts) != len(plans):
+            raise ValueError(f"got {len(prompts)} prompts and {len(plans)} row plans; one plan per prompt")
+        if not prompts:
+            raise ValueError("nothing to decode: no prompts")
+        settings = settings or DecodeSettings()
+        if isinstance(settings, DecodeSettings):
+            self.settings = settings.check()
+            rows = [self.settings] * len(prompts)
+            generator = generator or torch.Generator().manual_seed(self.settings.seed)
+        else:
+            rows = [x.check() for x in settings]
+            if len(rows) != len(prompts):
+                raise ValueError(f"got {len(rows)} settings for {len(prompts)} prompts; one per prompt")
+            if any(x.beam_width for x in rows):
+                raise ValueError("chunk-level beam needs one DecodeSettings for the whole batch")
+            self.settings = None
+        self.tokenizer = tokenizer
+        self.t0 = time.perf_counter()
+        enc = encode_prompts(tokenizer, prompts, format_prompt, max_prompt_tokens, device)
+        self.batch = RowBatch(model, plans, enc["input_ids"], enc["attention_mask"])
+        self.rules = RowRules(rows, self.batch.device, generator)
+        self.rows, self.steps = self.batch.forward_rows, 0
+        self._next = None
+
+    @property
+    def finished(self) -> bool:
+        return self.steps >= self.rules.max_steps or bool(self.batch.done.all())
+
+    @torch.no_grad()
+    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode one token for every row: (tokens [R], done [R]) in prompt order."""
+        if self.finished:
+            raise RuntimeError("decoding has finished")
+        s, base_lp = self._next if self._next is not None else self.batch.forward()
+        _step(self.batch, s, base_lp, self.rules, self.tokenizer, self.steps)
+        self.steps += 1
+        self._next = None if self.finished else self.batch.forward()
+        return self.batch.gen[:, -1], self.batch.done.clone()
+
+    def texts(self) -> list[str]:
+        """Each row's text so far (special tokens skipped), before stop-string cutting and stripping."""
+        return [self.tokenizer.decode(g, skip_special_tokens=True) for g in self._ordered()[0]]
+
+    def _ordered(self):
+        order = torch.argsort(self.batch.ids)
+        return self.batch.gen[order], self.batch.eos[order]
+
+    def result(self) -> Decoded:
+        from soupkitchen.generation import clean_text
+
+        tok = self.tokenizer
+        gen, eos = self._ordered()
+        R, T = gen.shape[0], max(self.rules.max_steps, gen.shape[1])
+        tokens = torch.full((R, T), tok.pad_token_id, dtype=torch.long, device=self.batch.device)
+        tokens[:, : gen.shape[1]] = gen
+        max_new = self.rules.max_new[torch.argsort(self.batch.ids)]
+        lengths = torch.minimum(torch.full((R,), gen.shape[1], device=gen.device), max_new)
+        if tok.eos_token_id is not None and gen.shape[1]:
+            is_eos = gen == tok.eos_token_id
+            first = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, lengths)
+            lengths = torch.where(eos, first, lengths)
+        stops = [self.rules.stop[i] for i in torch.argsort(self.batch.ids).tolist()]
+        texts = [
+            clean_text(tok.decode(tokens[r, : lengths[r]], skip_special_tokens=True), list(stops[r]))
+            for r in range(R)
+        ]
+        return Decoded(tokens, lengths, texts, eos, self.rows, self.steps, time.perf_counter() - self.t0)
 
 
 @torch.no_grad()
@@ -265,67 +414,45 @@ def decode(
     tokenizer,
     prompts: Sequence[str],
     plans: Sequence[RowPlan],
-    settings: DecodeSettings | None = None,
+    settings: DecodeSettings | Sequence[DecodeSettings] | None = None,
     *,
     format_prompt: Callable[[str], str] | None = None,
     max_prompt_tokens: int = 256,
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
 ) -> Decoded:
-    """Decode one batch: row r is ``prompts[r]`` under ``plans[r]`` (see the module docstring)."""
-    from soupkitchen.generation import clean_text, encode_prompts
-
-    st = (settings or DecodeSettings()).check()
-    if len(prompts) != len(plans):
-        raise ValueError(f"got {len(prompts)} prompts and {len(plans)} row plans; one plan per prompt")
-    if not prompts:
-        raise ValueError("nothing to decode: no prompts")
-    if generator is None:
-        generator = torch.Generator(device=device).manual_seed(st.seed)
-    t0 = time.perf_counter()
-    enc = encode_prompts(tokenizer, prompts, format_prompt, max_prompt_tokens, device)
-    batch = RowBatch(model, plans, enc["input_ids"], enc["attention_mask"])
-    R, T = len(prompts), st.max_new_tokens
-    if st.beam_width:
-        rows, steps = _beam(batch, st, generator, tokenizer)
+    """Decode one batch: row r is ``prompts[r]`` under ``plans[r]`` (module docstring, ``Decoder``)."""
+    dec = Decoder(
+        model,
+        tokenizer,
+        prompts,
+        plans,
+        settings,
+        format_prompt=format_prompt,
+        max_prompt_tokens=max_prompt_tokens,
+        device=device,
+        generator=generator,
+    )
+    if dec.settings is not None and dec.settings.beam_width:
+        dec.rows, dec.steps = _beam(dec.batch, dec.settings, dec.rules, tokenizer)
     else:
-        rows, steps = batch.forward_rows, 0
-        s, base_lp = batch.forward()
-        for t in range(T):
-            _step(batch, s, base_lp, st, not st.greedy, generator, tokenizer, t)
-            steps += 1
-            if bool(batch.done.all()) or t == T - 1:
-                break
-            s, base_lp = batch.forward()
-    pad = tokenizer.pad_token_id
-    tokens = torch.full((R, T), pad, dtype=torch.long, device=batch.device)
-    order = torch.argsort(batch.ids)
-    gen = batch.gen[order]
-    tokens[:, : gen.shape[1]] = gen
-    eos = batch.eos[order]
-    lengths = torch.full((R,), gen.shape[1], dtype=torch.long, device=batch.device)
-    if tokenizer.eos_token_id is not None and gen.shape[1]:
-        is_eos = gen == tokenizer.eos_token_id
-        first = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, lengths)
-        lengths = torch.where(eos, first, lengths)
-    texts = [
-        clean_text(tokenizer.decode(tokens[r, : lengths[r]], skip_special_tokens=True), list(st.stop))
-        for r in range(R)
-    ]
-    return Decoded(tokens, lengths, texts, eos, rows, steps, time.perf_counter() - t0)
+        while not dec.finished:
+            dec.step()
+    return dec.result()
 
 
-def _beam(batch: RowBatch, st: DecodeSettings, generator, tokenizer) -> tuple[int, int]:
+def _beam(batch: RowBatch, st: DecodeSettings, rules: RowRules, tokenizer) -> tuple[int, int]:
     """Chunk-level beam search (module docstring); leaves the best candidate of each request in ``batch``."""
     R, b, c, T = len(batch.plans), st.beam_width, st.beam_expansion, st.max_new_tokens
     s, base_lp = batch.forward()
     expand = torch.arange(R, device=batch.device).repeat_interleave(b * c)
     batch.select(expand)
+    rules.select(expand)
     s, base_lp = s[expand], base_lp[expand]
     rows, width, t = batch.forward_rows, b * c, 0
     while True:
         for _ in range(st.beam_lookahead):
-            _step(batch, s, base_lp, st, True, generator, tokenizer, t)
+            _step(batch, s, base_lp, rules, tokenizer, t, sample_all=True)
             t += 1
             if t >= T or bool(batch.done.all()):
                 break
@@ -338,7 +465,9 @@ def _beam(batch: RowBatch, st: DecodeSettings, generator, tokenizer) -> tuple[in
         )
         keep = top.flatten().repeat_interleave(c)
         batch.select(keep)
+        rules.select(keep)
         s, base_lp = s[keep], base_lp[keep]
     best = batch.value.view(R, width).argmax(1) + torch.arange(R, device=batch.device) * width
     batch.select(best)
+    rules.select(best)
     return rows, t

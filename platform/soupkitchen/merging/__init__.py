@@ -16,6 +16,7 @@ from soupkitchen.merging.bundle import (
     BUNDLE_FORMAT,
     Bundle,
     adapters_from_manifest,
+    attach_value_models,
     load_bundle,
     write_bundle,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "adapters_from_manifest",
     "build_mixed_model",
     "load_adapter_state",
+    "attach_value_models",
     "load_bundle",
     "lora_spec",
     "materialize",

@@ -4,13 +4,16 @@
                                       module shapes, β, α (extrapolation), γ, normalisation, ref point
     <dir>/adapters/<name>.safetensors  LoRA A/B only (PEFT keys; value heads and W0 copies dropped)
 
-Adapter i is the backbone of objective i. ``load_bundle`` checks everything and refuses an inconsistent
-bundle with a ``ConfigError`` naming the field and the fix; ``write_bundle`` runs the same checks on the
-temp dir before renaming it into place.
+Adapter i is the backbone of objective i. Optionally ``value_models`` lists MAGE's explicit value models
+(one LoRA adapter per objective over the same W0 and targets, ``value_models.py``), stacked after the
+backbones so one mixed model serves every decoding mode. ``load_bundle`` checks everything and refuses an
+inconsistent bundle with a ``ConfigError`` naming the field and the fix; ``write_bundle`` runs the same
+checks on the temp dir before renaming it into place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -59,10 +62,18 @@ class Bundle:
     normalization: dict[str, dict[str, float]]
     ref_point: list[float]
     modules: dict[str, list[int]]
+    value_names: list[str] = dataclasses.field(default_factory=list)
+    value_adapters: list[dict[str, torch.Tensor]] = dataclasses.field(default_factory=list)
+    value_lora: list[LoraSpec] = dataclasses.field(default_factory=list)
 
     @property
     def n(self) -> int:
         return len(self.objectives)
+
+    @property
+    def value_indices(self) -> list[int] | None:
+        """Positions of the value models in ``mixed_model``'s stack (after the n backbones), or None."""
+        return list(range(self.n, self.n + len(self.value_names))) if self.value_names else None
 
     def coefficients(self, mu, method: str = "bone_soup", alpha: float | None = None) -> torch.Tensor:
         """c = (1 + α) B⁻¹μ for μ [n] or a batch [k, n] (``preferences.merge_coefficients``).
@@ -94,8 +105,13 @@ class Bundle:
         return load_base_model(from_dict(ModelConfig, self.base["model"], "base.model"), device=device)
 
     def mixed_model(self, base_model: nn.Module) -> nn.Module:
-        """``build_mixed_model`` of this bundle's adapters over ``base_model`` (modified in place)."""
-        return build_mixed_model(base_model, self.adapters, self.lora, self.names)
+        """``build_mixed_model`` of the backbones, then the value models, over ``base_model`` (in place)."""
+        return build_mixed_model(
+            base_model,
+            self.adapters + self.value_adapters,
+            self.lora + self.value_lora,
+            self.names + self.value_names,
+        )
 
 
 def _finite(x, path: str, lo: float | None = None, lo_open: bool = False, fix: str = "") -> float:
@@ -104,6 +120,23 @@ def _finite(x, path: str, lo: float | None = None, lo_open: bool = False, fix: s
     if lo is not None and (x <= lo if lo_open else x < lo):
         raise ConfigError(path, f"must be {'>' if lo_open else '>='} {lo}, got {x}{fix}")
     return float(x)
+
+
+def _check_entries(entries: list, field: str, targets: list) -> tuple[list[str], list[LoraSpec]]:
+    """Names and LoraSpecs of the adapter entries under ``field`` (required keys, unique names, r, α)."""
+    names, specs = [], []
+    for i, e in enumerate(entries):
+        for key in ("name", "file", "sha256", "r", "alpha"):
+            if not isinstance(e, dict) or key not in e:
+                raise ConfigError(f"{field}[{i}].{key}", "is missing; re-write the bundle with write_bundle")
+        names.append(e["name"])
+        if isinstance(e["r"], bool) or not isinstance(e["r"], int) or e["r"] < 1:
+            raise ConfigError(f"{field}[{i}].r", f"must be an int >= 1, got {e['r']!r}")
+        alpha = _finite(e["alpha"], f"{field}[{i}].alpha", 0.0, lo_open=True)
+        specs.append(LoraSpec(e["r"], alpha, tuple(targets), bool(e.get("use_rslora", False))))
+    if len(set(names)) != len(names):
+        raise ConfigError(field, f"adapter names must be unique, got {names}")
+    return names, specs
 
 
 def _check_doc(doc: dict) -> tuple[list[str], list[str], list[LoraSpec]]:
@@ -130,23 +163,19 @@ def _check_doc(doc: dict) -> tuple[list[str], list[str], list[LoraSpec]]:
         raise ConfigError(
             "adapters", f"has {got} adapters but there are {n} objectives; one backbone per objective"
         )
-    names = []
-    for i, e in enumerate(entries):
-        for key in ("name", "file", "sha256", "r", "alpha"):
-            if not isinstance(e, dict) or key not in e:
-                raise ConfigError(f"adapters[{i}].{key}", "is missing; re-write the bundle with write_bundle")
-        names.append(e["name"])
-    if len(set(names)) != n:
-        raise ConfigError("adapters", f"adapter names must be unique, got {names}")
     targets = doc.get("target_modules")
     if not isinstance(targets, list) or not targets:
         raise ConfigError("target_modules", f"must be the non-empty list of LoRA targets, got {targets!r}")
-    specs = []
-    for i, e in enumerate(entries):
-        if isinstance(e["r"], bool) or not isinstance(e["r"], int) or e["r"] < 1:
-            raise ConfigError(f"adapters[{i}].r", f"must be an int >= 1, got {e['r']!r}")
-        alpha = _finite(e["alpha"], f"adapters[{i}].alpha", 0.0, lo_open=True)
-        specs.append(LoraSpec(e["r"], alpha, tuple(targets), bool(e.get("use_rslora", False))))
+    names, specs = _check_entries(entries, "adapters", targets)
+    values = doc.get("value_models") or []
+    if values:
+        if not isinstance(values, list) or [e.get("objective") for e in values] != objectives:
+            raise ConfigError(
+                "value_models", f"must list one value model per objective {objectives}, in order"
+            )
+        vnames, _ = _check_entries(values, "value_models", targets)
+        if set(vnames) & set(names):
+            raise ConfigError("value_models", f"names {sorted(set(vnames) & set(names))} clash with adapters")
     if doc.get("beta") is not None:
         try:
             circulant_matrix(n, doc["beta"])
@@ -186,19 +215,12 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
     except json.JSONDecodeError as err:
         raise ConfigError("bundle.json", f"is not valid JSON ({err}); re-write the bundle") from err
     objectives, names, specs = _check_doc(doc)
-    states = []
-    for i, e in enumerate(doc["adapters"]):
-        path = directory / e["file"]
-        if not path.is_file():
-            raise ConfigError(f"adapters[{i}].file", f"{path} is missing; copy the whole bundle directory")
-        if sha256_of(path) != e["sha256"]:
-            raise ConfigError(
-                f"adapters[{i}].sha256",
-                f"{e['file']} does not match the recorded sha256 (modified or truncated)",
-            )
-        states.append(load_file(str(path)))
+    states = _load_states(directory, doc["adapters"], "adapters")
+    values = doc.get("value_models") or []
+    vnames, vspecs = _check_entries(values, "value_models", doc["target_modules"])
+    vstates = _load_states(directory, values, "value_models")
     try:
-        _, stacked = stack_adapters(None, states, specs, names)
+        _, stacked = stack_adapters(None, states + vstates, specs + vspecs, names + vnames)
     except ValueError as err:
         raise ConfigError("adapters", f"{err} (bundle.json: adapters[].r / alpha, target_modules)") from err
     shapes = {m: [ab[0][0].shape[1], ab[0][1].shape[0]] for m, ab in stacked.items()}
@@ -208,7 +230,7 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
         )
     if base_model is not None:
         try:
-            stack_adapters(base_model, states, specs, names)
+            stack_adapters(base_model, states + vstates, specs + vspecs, names + vnames)
         except (ValueError, TypeError) as err:
             raise ConfigError("base", f"adapters do not fit this base model: {err}") from err
     return Bundle(
@@ -224,7 +246,26 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
         normalization=doc["normalization"],
         ref_point=[float(v) for v in doc["ref_point"]],
         modules=shapes,
+        value_names=vnames,
+        value_adapters=vstates,
+        value_lora=vspecs,
     )
+
+
+def _load_states(directory: Path, entries: list, field: str) -> list[dict[str, torch.Tensor]]:
+    """The adapters' tensors, each file checked against its recorded sha256."""
+    states = []
+    for i, e in enumerate(entries):
+        path = directory / e["file"]
+        if not path.is_file():
+            raise ConfigError(f"{field}[{i}].file", f"{path} is missing; copy the whole bundle directory")
+        if sha256_of(path) != e["sha256"]:
+            raise ConfigError(
+                f"{field}[{i}].sha256",
+                f"{e['file']} does not match the recorded sha256 (modified or truncated)",
+            )
+        states.append(load_file(str(path)))
+    return states
 
 
 def write_bundle(
@@ -239,46 +280,44 @@ def write_bundle(
     lora_config,
     gamma: float | None = None,
     overwrite: bool = False,
+    value_models=None,
 ) -> Bundle:
     """Write ``bundle.json`` + ``adapters/<name>.safetensors`` (+ sha256) atomically; return it loaded.
 
     ``adapters`` are ``(name, path)`` in objective order; a path is a safetensors file or a checkpoint dir
     (``trainable.safetensors`` with ``adapter.*`` keys, or PEFT's ``adapter_model.safetensors``).
     ``base`` is a JSON-able reference to W0, or a ModelConfig (stored as ``{"model": ...}``).
-    ``lora_config`` is one config or one per adapter (ranks may differ).
+    ``lora_config`` is one config or one per adapter (ranks may differ). ``value_models``: MAGE's explicit
+    value models to ship along (``value_models.ValueModels``: names, objectives, files, lora, in objective
+    order), or None.
     """
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory} exists and is not empty; pass overwrite=True to replace it")
     if dataclasses.is_dataclass(base):
         base = {"model": to_dict(base)}
-    for name, _ in adapters:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError("adapters", f"name {name!r} must be a plain file name ([A-Za-z0-9_.-])")
     specs = lora_specs(lora_config, len(adapters))
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     (tmp / "adapters").mkdir(parents=True)
     try:
-        entries, modules = [], {}
-        for (name, src), spec in zip(adapters, specs, strict=True):
-            pairs, _ = parse_adapter(load_adapter_state(src), name)
-            tensors = {}
-            for m, (A, B) in pairs.items():
-                tensors[f"base_model.model.{m}.lora_A.weight"] = A.contiguous()
-                tensors[f"base_model.model.{m}.lora_B.weight"] = B.contiguous()
-                modules.setdefault(m, [A.shape[1], B.shape[0]])
-            rel = f"adapters/{name}.safetensors"
-            save_file(tensors, str(tmp / rel))
-            entries.append(
-                {
-                    "name": name,
-                    "file": rel,
-                    "sha256": sha256_of(tmp / rel),
-                    "r": spec.r,
-                    "alpha": spec.alpha,
-                    "use_rslora": spec.use_rslora,
-                }
-            )
+        modules = {}
+        entries = [
+            _write_adapter(tmp, name, src, spec, modules)
+            for (name, src), spec in zip(adapters, specs, strict=True)
+        ]
+        values = []
+        if value_models is not None:
+            if list(value_models.objectives) != list(objectives):
+                raise ConfigError(
+                    "value_models",
+                    f"are for {value_models.objectives}, the bundle's objectives are {objectives}",
+                )
+            vspecs = lora_specs(value_models.lora, len(value_models.files))
+            for obj, name, src, spec in zip(
+                value_models.objectives, value_models.names, value_models.files, vspecs, strict=True
+            ):
+                values.append({**_write_adapter(tmp, name, src, spec, modules), "objective": obj})
+            specs = specs + vspecs
         doc = {
             "format": BUNDLE_FORMAT,
             "base": dict(base),
@@ -292,6 +331,8 @@ def write_bundle(
             "normalization": {k: dict(v) for k, v in normalization.items()},
             "ref_point": [float(v) for v in ref_point],
         }
+        if values:
+            doc["value_models"] = values
         if any(s.target_modules != specs[0].target_modules for s in specs):
             raise ConfigError("target_modules", "all adapters must share the same lora target_modules")
         (tmp / "bundle.json").write_text(json.dumps(doc, indent=1))
@@ -302,6 +343,59 @@ def write_bundle(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_bundle(directory)
+
+
+def _write_adapter(tmp: Path, name: str, src, spec: LoraSpec, modules: dict) -> dict:
+    """Save one adapter's LoRA A/B (PEFT keys) as ``adapters/<name>.safetensors``; its bundle.json entry."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError("adapters", f"name {name!r} must be a plain file name ([A-Za-z0-9_.-])")
+    pairs, _ = parse_adapter(load_adapter_state(src), name)
+    tensors = {}
+    for m, (A, B) in pairs.items():
+        tensors[f"base_model.model.{m}.lora_A.weight"] = A.contiguous()
+        tensors[f"base_model.model.{m}.lora_B.weight"] = B.contiguous()
+        modules.setdefault(m, [A.shape[1], B.shape[0]])
+    rel = f"adapters/{name}.safetensors"
+    save_file(tensors, str(tmp / rel))
+    return {
+        "name": name,
+        "file": rel,
+        "sha256": sha256_of(tmp / rel),
+        "r": spec.r,
+        "alpha": spec.alpha,
+        "use_rslora": spec.use_rslora,
+    }
+
+
+def attach_value_models(directory: str | Path, value_models) -> Bundle:
+    """Re-write the bundle at ``directory`` (atomically) with ``value_models`` shipped along; return it."""
+    b = load_bundle(directory)
+    with _staged_copy(Path(directory)) as copy:
+        return write_bundle(
+            directory,
+            b.base,
+            [(nm, copy / f"adapters/{nm}.safetensors") for nm in b.names],
+            b.beta,
+            b.alpha,
+            b.objectives,
+            b.normalization,
+            b.ref_point,
+            b.lora,
+            gamma=b.gamma,
+            overwrite=True,
+            value_models=value_models,
+        )
+
+
+@contextlib.contextmanager
+def _staged_copy(directory: Path):
+    """A temporary copy of ``directory`` next to it (the source of a rewrite that replaces the original)."""
+    tmp = directory.parent / f".{directory.name}.src-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(directory, tmp)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def adapters_from_manifest(manifest: str | Path) -> list[tuple[str, Path]]:
