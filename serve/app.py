@@ -17,8 +17,8 @@ Routes: POST /v1/completions, POST /v1/chat/completions (both with ``stream``), 
 GET /healthz, GET /metrics. The app's settings are ``serving.engine.ServeOptions`` (the ``args``).
 """
 
-from __future__ import annotations
 
+# No `from __future__ import annotations`: FastAPI must see `Request` itself, not a string.
 import asyncio
 import hmac
 import json
@@ -219,7 +219,10 @@ class OpenAIIngress:
                 raise out["error"]
             self.metrics.served(out["prompt_tokens"], out["completion_tokens"], out["batch_size"])
             use = usage(out["prompt_tokens"], out["completion_tokens"])
-            return JSONResponse(response(req, info.model, out["text"], out["finish"], use, out["replica"]))
+            body = response(
+                req, info.model, out["text"], out["finish"], use, out["replica"], out["batch_size"]
+            )
+            return JSONResponse(body)
         except APIError as e:
             status, err_type = e.status, e.type
             return JSONResponse(e.body(), status_code=e.status)

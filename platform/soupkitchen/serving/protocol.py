@@ -273,8 +273,11 @@ def _soup_fields(req: GenerationRequest) -> dict:
     return {"preference": req.preference, "mode": req.mode, "gamma": req.gamma, "alpha": req.alpha}
 
 
-def response(req: GenerationRequest, model: str, text: str, finish: str, use: dict, fingerprint: str) -> dict:
-    """The non-streaming body: ``text_completion`` or ``chat.completion``, plus ``soup`` (μ, mode, γ, α)."""
+def response(
+    req: GenerationRequest, model: str, text: str, finish: str, use: dict, fingerprint: str, batch_size: int
+) -> dict:
+    """The non-streaming body: ``text_completion`` or ``chat.completion``, plus ``soup``: μ, mode, γ, α and
+    the size of the decoding batch the request shared."""
     if req.kind == "completion":
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         obj, prefix = "text_completion", "cmpl"
@@ -289,7 +292,7 @@ def response(req: GenerationRequest, model: str, text: str, finish: str, use: di
         "choices": [choice],
         "usage": use,
         "system_fingerprint": fingerprint,
-        "soup": _soup_fields(req),
+        "soup": {**_soup_fields(req), "batch_size": batch_size},
     }
 
 
