@@ -2,6 +2,7 @@
 
     python jobs/train_value_models.py --recipe tiny --backbones runs/tiny-bone_soup/manifest.json
     python jobs/train_value_models.py --recipe demo --value_model.policies sft --value_model.epochs 1
+    python jobs/train_value_models.py --recipe demo --backbones <bundle> --attach <bundle>   # serve MAGE-E
     ray job submit --working-dir . -- python jobs/train_value_models.py --recipe demo --backbones <bundle>
 
 Rollouts come from the SFT model (c = 0, the π_ref of Eq. 15) and/or each backbone of --backbones (a
@@ -31,6 +32,11 @@ def parse_args(argv: list[str]):
     p.add_argument("--recipe", default="demo", help="recipe name in recipes/ or a YAML path (default: demo)")
     p.add_argument("--backbones", metavar="PATH", help="backbones manifest.json or soup bundle dir")
     p.add_argument("--out", default=None, help="output dir (default: <cache>/value-models/<recipe>)")
+    p.add_argument(
+        "--attach",
+        metavar="BUNDLE",
+        help="also ship the value models inside this soup bundle dir (rewritten atomically), for serving",
+    )
     args, rest = p.parse_known_args(argv)
     return args, parse_cli_overrides(rest)
 
@@ -97,7 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         recipe = load_recipe(args.recipe, overrides)
         out = Path(args.out) if args.out else cache_root() / "value-models" / recipe.name
+        if args.attach:
+            from soupkitchen.merging import load_bundle
+
+            try:  # refuse a bad --attach before hours of training
+                load_bundle(args.attach)
+            except ConfigError as e:
+                raise ConfigError("--attach", f"not a valid soup bundle: {e}") from e
         manifest, _ = run(recipe, args.backbones, out)
+        if args.attach:
+            from soupkitchen.merging import attach_value_models
+            from soupkitchen.value_models import load_value_models
+
+            attach_value_models(args.attach, load_value_models(out))
+            print(f"value models attached to the bundle {args.attach}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -302,6 +302,8 @@ def app(args: dict | None = None):
         "target_ongoing_requests": opts.target_ongoing_requests,
         "upscale_delay_s": opts.upscale_delay_s,
         "downscale_delay_s": opts.downscale_delay_s,
+        "metrics_interval_s": opts.metrics_interval_s,
+        "look_back_period_s": opts.look_back_period_s,
     }
     if opts.initial_replicas is not None:
         auto["initial_replicas"] = opts.initial_replicas

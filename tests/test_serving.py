@@ -174,3 +174,25 @@ def test_engine_refuses_prompts_over_the_context(engine):
     with pytest.raises(APIError) as err:
         engine.prepare(req)
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
+
+
+def test_bundle_ships_value_models_and_refuses_a_tampered_one(tiny_soup, tmp_path):
+    import shutil
+
+    from soupkitchen.merging import load_bundle
+
+    b = load_bundle(tiny_soup)
+    assert b.value_names == ["value-warm", "value-calm"] and b.value_indices == [2, 3]
+    copy = tmp_path / "soup"
+    shutil.copytree(tiny_soup, copy)
+    f = copy / "adapters" / "value-warm.safetensors"
+    f.write_bytes(f.read_bytes()[:-8])
+    with pytest.raises(ConfigError, match=r"value_models\[0\]\.sha256"):
+        load_bundle(copy)
+
+
+def test_train_value_models_attach_names_the_flag(tmp_path, capsys):
+    import jobs.train_value_models as job
+
+    assert job.main(["--recipe", "tiny", "--attach", str(tmp_path), "--out", str(tmp_path / "vm")]) == 2
+    assert "--attach" in capsys.readouterr().err

@@ -89,7 +89,13 @@ def test_rayjob_targets_the_raycluster_and_runs_an_existing_job_with_every_depen
     app = serve["applications"][0]
     assert re.fullmatch(r"serve\.\w+:\w+", app["import_path"])
     assert app["runtime_env"]["working_dir"] == env["working_dir"]
-    assert app["runtime_env"]["env_vars"]["SOUPKITCHEN_SOUP_URI"].startswith("models:/soup-")
+    assert app["args"]["soup"].startswith("models:/soup-")
+    from soupkitchen.serving import ServeOptions
+
+    ServeOptions.from_args(app["args"])  # every key is a valid ServeOptions field
+    local = yaml.safe_load((INFRA.parent / "serve" / "config.yaml").read_text())["applications"][0]
+    assert local["import_path"] == app["import_path"] == "serve.app:app"
+    ServeOptions.from_args(local["args"])
 
 
 def test_stack_config_and_tracking_uri_errors_name_the_field(tmp_path):

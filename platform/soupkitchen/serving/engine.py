@@ -35,7 +35,8 @@ class ServeOptions:
     ``max_alpha``. ``api_key_env``: if that environment variable is set, requests need ``Authorization:
     Bearer <its value>``. Batching: ``max_batch_size`` requests per decoding batch, waiting at most
     ``batch_wait_timeout_s`` to fill one. Replicas: ``num_cpus`` / ``num_gpus`` each, autoscaled between
-    ``min_replicas`` and ``max_replicas`` on ``target_ongoing_requests`` per replica.
+    ``min_replicas`` and ``max_replicas`` on ``target_ongoing_requests`` per replica (Ray Serve's
+    ``autoscaling_config``: averaged over ``look_back_period_s``, reported every ``metrics_interval_s``).
     """
 
     soup: str = ""
@@ -62,6 +63,8 @@ class ServeOptions:
     max_ongoing_requests: int = 64
     upscale_delay_s: float = 5.0
     downscale_delay_s: float = 30.0
+    metrics_interval_s: float = 10.0
+    look_back_period_s: float = 30.0
     ingress_replicas: int = 1
 
     @classmethod
@@ -109,6 +112,8 @@ class ServeOptions:
             "target_ongoing_requests",
             "upscale_delay_s",
             "downscale_delay_s",
+            "metrics_interval_s",
+            "look_back_period_s",
         ):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
