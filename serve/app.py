@@ -17,7 +17,6 @@ Routes: POST /v1/completions, POST /v1/chat/completions (both with ``stream``), 
 GET /healthz, GET /metrics. The app's settings are ``serving.engine.ServeOptions`` (the ``args``).
 """
 
-
 # No `from __future__ import annotations`: FastAPI must see `Request` itself, not a string.
 import asyncio
 import hmac
