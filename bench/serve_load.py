@@ -74,10 +74,11 @@ class ReplicaWatch(threading.Thread):
         self.period, self.samples, self.stop = period, [], threading.Event()
 
     def count(self) -> int:
+        """Replicas the autoscaler has asked for: RUNNING + STARTING (a new one loads the model first)."""
         from ray import serve
 
         dep = serve.status().applications["soupkitchen"].deployments["SoupModel"]
-        return int(dep.replica_states.get("RUNNING", 0))
+        return sum(int(dep.replica_states.get(k, 0)) for k in ("RUNNING", "STARTING"))
 
     def run(self):
         t0 = time.perf_counter()
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="tiny", help="W0 for the random bundle (tiny | demo)")
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     p.add_argument("--port", type=int, default=28400)
-    p.add_argument("--requests", type=int, default=96, help="requests per phase and round")
+    p.add_argument("--requests", type=int, default=320, help="requests per phase and round")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-replicas", type=int, default=2)
     p.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per model replica")
     p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--batch-wait", type=float, default=0.05, help="batch_wait_timeout_s")
     p.add_argument("--torch-threads", type=int, default=1)
     a = p.parse_args(argv)
 
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics_interval_s": 1.0,
         "look_back_period_s": 5.0,
         "max_batch_size": a.max_batch_size,
-        "batch_wait_timeout_s": 0.02,
+        "batch_wait_timeout_s": a.batch_wait,
         "min_tokens": a.tokens,
         "max_tokens_limit": max(a.tokens, 16),
         "default_max_tokens": a.tokens,
@@ -225,9 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     during = [c for t, c in watch.samples if t <= t_load_end]
     after = [c for t, c in watch.samples if t > t_load_end]
     print(
-        f"SoupModel replicas: start {during[0] if during else '?'}, max under load {max(during, default=0)}, "
-        f"at the end of the idle period {after[-1] if after else '?'} (max_replicas {a.max_replicas})"
+        f"SoupModel replicas (running + starting): start {during[0] if during else '?'}, max under load "
+        f"{max(during, default=0)}, at the end of the idle period {after[-1] if after else '?'} "
+        f"(max_replicas {a.max_replicas})"
     )
+    changes = [(t, c) for i, (t, c) in enumerate(watch.samples) if i == 0 or c != watch.samples[i - 1][1]]
+    timeline = ", ".join(f"{t:.0f} s: {c}" for t, c in changes)
+    print(f"replica timeline: {timeline}; load ended at {t_load_end:.0f} s")
     serve.shutdown()
     ray.shutdown()
     tmp.cleanup()
