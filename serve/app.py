@@ -152,6 +152,11 @@ class OpenAIIngress:
                 "invalid_api_key",
             )
 
+    def _timed_out(self) -> APIError:
+        return APIError(
+            504, f"no response within {self.options.request_timeout_s:g} s", None, "timeout_error"
+        )
+
     async def _body(self, request: Request) -> dict:
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
@@ -211,9 +216,7 @@ class OpenAIIngress:
                 out = await asyncio.wait_for(call, self.options.request_timeout_s)
             except TimeoutError:
                 call.cancel()
-                raise APIError(
-                    504, f"no response within {self.options.request_timeout_s:g} s", None, "timeout_error"
-                ) from None
+                raise self._timed_out() from None
             if "error" in out:
                 raise out["error"]
             self.metrics.served(out["prompt_tokens"], out["completion_tokens"], out["batch_size"])
@@ -243,9 +246,7 @@ class OpenAIIngress:
             first = await asyncio.wait_for(gen.__anext__(), max(deadline - time.perf_counter(), 0.001))
         except TimeoutError:
             gen.cancel()
-            raise APIError(
-                504, f"no response within {self.options.request_timeout_s:g} s", None, "timeout_error"
-            ) from None
+            raise self._timed_out() from None
         if "error" in first:
             raise first["error"]
 
@@ -274,10 +275,8 @@ class OpenAIIngress:
                 yield "data: [DONE]\n\n"
             except TimeoutError:
                 gen.cancel()
-                status, err_type = 504, "timeout_error"
-                err = APIError(
-                    504, f"no response within {self.options.request_timeout_s:g} s", None, err_type
-                )
+                err = self._timed_out()
+                status, err_type = err.status, err.type
                 yield f"data: {json.dumps(err.body())}\n\n"
             except Exception:  # noqa: BLE001
                 log.exception("stream failed")

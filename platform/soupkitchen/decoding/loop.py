@@ -378,29 +378,21 @@ class Decoder:
         self._next = None if self.finished else self.batch.forward()
         return self.batch.gen[:, -1], self.batch.done.clone()
 
-    def texts(self) -> list[str]:
-        """Each row's text so far (special tokens skipped), before stop-string cutting and stripping."""
-        return [self.tokenizer.decode(g, skip_special_tokens=True) for g in self._ordered()[0]]
-
-    def _ordered(self):
-        order = torch.argsort(self.batch.ids)
-        return self.batch.gen[order], self.batch.eos[order]
-
     def result(self) -> Decoded:
         from soupkitchen.generation import clean_text
 
         tok = self.tokenizer
-        gen, eos = self._ordered()
+        order = torch.argsort(self.batch.ids)  # the beam reorders rows; results come in prompt order
+        gen, eos, max_new = self.batch.gen[order], self.batch.eos[order], self.rules.max_new[order]
+        stops = [self.rules.stop[i] for i in order.tolist()]
         R, T = gen.shape[0], max(self.rules.max_steps, gen.shape[1])
         tokens = torch.full((R, T), tok.pad_token_id, dtype=torch.long, device=self.batch.device)
         tokens[:, : gen.shape[1]] = gen
-        max_new = self.rules.max_new[torch.argsort(self.batch.ids)]
         lengths = torch.minimum(torch.full((R,), gen.shape[1], device=gen.device), max_new)
         if tok.eos_token_id is not None and gen.shape[1]:
             is_eos = gen == tok.eos_token_id
             first = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, lengths)
             lengths = torch.where(eos, first, lengths)
-        stops = [self.rules.stop[i] for i in torch.argsort(self.batch.ids).tolist()]
         texts = [
             clean_text(tok.decode(tokens[r, : lengths[r]], skip_special_tokens=True), list(stops[r]))
             for r in range(R)

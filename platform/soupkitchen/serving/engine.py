@@ -16,12 +16,12 @@ on the same backbones); ``mage_i_m`` / ``mage_i`` / ``mage_e_m`` / ``mage_e`` = 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from soupkitchen.config import ConfigError, from_dict
+from soupkitchen.config import ConfigError, _num, from_dict, to_dict
 from soupkitchen.serving.protocol import MODES, APIError, GenerationRequest, SoupInfo
 
 
@@ -41,31 +41,31 @@ class ServeOptions:
 
     soup: str = ""
     model_name: str | None = None
-    device: str = "auto"
-    default_max_tokens: int = 64
-    max_tokens_limit: int = 512
-    min_tokens: int = 1
-    context_length: int = 0
-    max_body_bytes: int = 1_000_000
-    request_timeout_s: float = 120.0
-    max_gamma: float = 10.0
-    max_alpha: float = 1.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    default_max_tokens: int = _num(64, 1)
+    max_tokens_limit: int = _num(512, 1)
+    min_tokens: int = _num(1, 0)
+    context_length: int = _num(0, 0)
+    max_body_bytes: int = _num(1_000_000, 1024)
+    request_timeout_s: float = _num(120.0, 0.0)
+    max_gamma: float = _num(10.0, 0.0)
+    max_alpha: float = _num(1.0, 0.0)
     api_key_env: str = "SOUPKITCHEN_API_KEY"
-    max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.02
-    torch_threads: int = 0
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    min_replicas: int = 1
-    max_replicas: int = 2
-    initial_replicas: int | None = None
-    target_ongoing_requests: float = 8.0
-    max_ongoing_requests: int = 64
-    upscale_delay_s: float = 5.0
-    downscale_delay_s: float = 30.0
-    metrics_interval_s: float = 10.0
-    look_back_period_s: float = 30.0
-    ingress_replicas: int = 1
+    max_batch_size: int = _num(16, 1)
+    batch_wait_timeout_s: float = _num(0.02, 0.0)
+    torch_threads: int = _num(0, 0)
+    num_cpus: float = _num(1.0, 0.0)
+    num_gpus: float = _num(0.0, 0.0)
+    min_replicas: int = _num(1, 0)
+    max_replicas: int = _num(2, 1)
+    initial_replicas: int | None = _num(None, 0)
+    target_ongoing_requests: float = _num(8.0, 0.0)
+    max_ongoing_requests: int = _num(64, 1)
+    upscale_delay_s: float = _num(5.0, 0.0)
+    downscale_delay_s: float = _num(30.0, 0.0)
+    metrics_interval_s: float = _num(10.0, 0.0)
+    look_back_period_s: float = _num(30.0, 0.0)
+    ingress_replicas: int = _num(1, 1)
 
     @classmethod
     def from_args(cls, args: dict | None) -> ServeOptions:
@@ -79,51 +79,18 @@ class ServeOptions:
         }
         if not args.get("soup"):
             args["soup"] = os.environ.get("SOUPKITCHEN_SOUP_URI", "")
-        opts = from_dict(cls, args, "args")
-        return opts.check()
+        return from_dict(cls, args, "args").check()
 
     def check(self) -> ServeOptions:
+        """Types and ranges (the fields' ``_num`` bounds, as ``from_dict`` checks them) and cross-field rules;
+        also for options built in code rather than read from ``args``."""
+        from_dict(type(self), to_dict(self), "args")
         if not self.soup:
             raise ConfigError("args.soup", "name the soup bundle (URI or path), or set SOUPKITCHEN_SOUP_URI")
-        positive = {
-            "default_max_tokens": 1,
-            "max_tokens_limit": 1,
-            "max_body_bytes": 1024,
-            "max_batch_size": 1,
-            "min_replicas": 0,
-            "max_replicas": 1,
-            "max_ongoing_requests": 1,
-            "ingress_replicas": 1,
-            "context_length": 0,
-            "min_tokens": 0,
-            "torch_threads": 0,
-        }
-        for key, lo in positive.items():
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"args.{key}", f"must be an integer >= {lo}, got {v!r}")
-        for key in (
-            "request_timeout_s",
-            "max_gamma",
-            "max_alpha",
-            "batch_wait_timeout_s",
-            "num_cpus",
-            "num_gpus",
-            "target_ongoing_requests",
-            "upscale_delay_s",
-            "downscale_delay_s",
-            "metrics_interval_s",
-            "look_back_period_s",
-        ):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"args.{key}", f"must be a finite number >= 0, got {v!r}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ConfigError("args.default_max_tokens", "must be <= args.max_tokens_limit")
         if self.max_replicas < max(self.min_replicas, 1):
             raise ConfigError("args.max_replicas", "must be >= args.min_replicas and >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError("args.device", f"must be auto, cpu or cuda, got {self.device!r}")
         return self
 
     @property
@@ -167,9 +134,9 @@ class TextStream:
         self.stop, self.sent = stop, ""
 
     def update(self, text: str, final: bool) -> str:
-        for s in self.stop:
-            text = text.split(s, 1)[0]
-        target = text.strip()
+        from soupkitchen.generation import clean_text
+
+        target = clean_text(text, list(self.stop))
         if not final:
             target = target.rstrip("\ufffd").rstrip()
             for s in self.stop:
