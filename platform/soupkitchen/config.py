@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -524,6 +525,19 @@ def from_dict(cls, data, path: str = ""):
         if "range" in fields[name].metadata:
             _check_range(kwargs[name], fields[name].metadata["range"], sub)
     return cls(**kwargs)
+
+
+def read_format(path, flag: str, fmt: str, what: str) -> dict:
+    """The JSON document at ``path`` whose ``format`` is ``fmt`` (one of our manifests); a ConfigError naming
+    the CLI ``flag`` if it is not JSON or not that kind of document (``what``)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(flag, f"{path} is not valid JSON ({e})") from e
+    found = doc.get("format") if isinstance(doc, dict) else None
+    if found != fmt:
+        raise ConfigError(flag, f"{path} is not a {what} (format {found!r})")
+    return doc
 
 
 def to_dict(obj) -> dict:

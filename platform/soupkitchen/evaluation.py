@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, to_dict
+from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, read_format, to_dict
 from soupkitchen.metrics import METRIC_KEYS, front_metrics
 from soupkitchen.preferences import backbone_weights, merge_coefficients, preference_grid
 
@@ -103,12 +103,7 @@ def read_source(path: str | Path, method: str | None = None, flag: str | None = 
         path = path / "manifest.json"
     if not path.is_file():
         raise ConfigError(flag, f"{path} is neither a backbones manifest.json nor a soup bundle directory")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(flag, f"{path} is not valid JSON ({e})") from e
-    if doc.get("format") != "soupkitchen.backbones/v1":
-        raise ConfigError(flag, f"{path} is not a backbones manifest (format {doc.get('format')!r})")
+    doc = read_format(path, flag, "soupkitchen.backbones/v1", "backbones manifest")
     if method and doc["method"] != method:
         raise ConfigError(flag, f"{path} holds {doc['method']} backbones, not {method}")
     from soupkitchen.merging import adapters_from_manifest

@@ -334,18 +334,13 @@ def write_value_models(
 def load_value_models(directory: str | Path, flag: str = "--value-models") -> ValueModels:
     """Read and check a value-model directory (format, one adapter per objective, files, sha256)."""
     from soupkitchen.checkpoint import sha256_of
-    from soupkitchen.config import from_dict
+    from soupkitchen.config import from_dict, read_format
 
     directory = Path(directory)
     path = directory / "value_models.json" if directory.is_dir() else directory
     if not path.is_file():
         raise ConfigError(flag, f"{path} not found; train value models with jobs/train_value_models.py")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(flag, f"{path} is not valid JSON ({e})") from e
-    if doc.get("format") != VALUE_FORMAT:
-        raise ConfigError(flag, f"{path} is not a value-model manifest (format {doc.get('format')!r})")
+    doc = read_format(path, flag, VALUE_FORMAT, "value-model manifest")
     objectives = doc.get("objectives") or []
     entries = doc.get("adapters") or []
     if [e.get("objective") for e in entries] != objectives:
