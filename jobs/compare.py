@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/com
 
 from soupkitchen.backbones import METHODS, backbone_specs, write_manifest
 from soupkitchen.config import ConfigError, Recipe, from_dict, load_recipe, parse_cli_overrides, to_dict
+from soupkitchen.reward_space import RewardSpace, effective_weights
 
 
 def parse_args(argv: list[str]):
@@ -56,25 +57,28 @@ def policy_weights(recipe: Recipe, methods: list[str]) -> list[list[float]]:
 
 
 def method_manifests(recipe: Recipe, methods: list[str], union_manifest: Path, out: Path) -> dict[str, Path]:
-    """Split the shared training run into one manifest per method (entries renamed to the method's names)."""
+    """Split the shared training run into one manifest per method (entries renamed to the method's names);
+    every method keeps the run's one reward space."""
     union = json.loads(union_manifest.read_text())
+    space = RewardSpace.of_manifest(union, str(union_manifest))
     by_w = {tuple(b["weights"]): b for b in union["backbones"]}
     paths = {}
     for m in methods:
         entries = [by_w[tuple(s.weights)] | {"name": s.name} for s in backbone_specs(recipe, m)]
-        paths[m] = write_manifest(out / m / "manifest.json", recipe, m, entries)
+        paths[m] = write_manifest(out / m / "manifest.json", recipe, m, entries, space)
     return paths
 
 
-def normalization(manifest: Path) -> dict[str, dict[str, float]]:
-    """Per-objective reward mean/std for a bundle: the average of the backbones' running statistics."""
+def diagnostics(manifest: Path, space: RewardSpace) -> dict:
+    """B (the trained w_i as rows) and effective_B (``reward_space.effective_weights``: the w̃_i that each
+    backbone's normaliser really optimised in the shared space); equal under a frozen shared space."""
     doc = json.loads(manifest.read_text())
-    states = [b["reward_normalizer"] for b in doc["backbones"]]
-    mean = np.mean([s["mean"] for s in states], axis=0)
-    std = np.mean([s["std"] for s in states], axis=0)
+    W = [b["weights"] for b in doc["backbones"]]
+    eff = effective_weights(space, W, [b["reward_normalizer"] for b in doc["backbones"]])
     return {
-        o: {"mean": float(mu), "std": max(float(sd), 1e-6)}
-        for o, mu, sd in zip(doc["objectives"], mean, std, strict=True)
+        "B": W,
+        "effective_B": np.round(eff, 6).tolist(),
+        "effective_B_max_abs_error": float(np.max(np.abs(eff - np.asarray(W)))),
     }
 
 
@@ -88,6 +92,7 @@ def write_bundles(
     for m in ("bone_soup", "rewarded_soups"):
         if m not in manifests:
             continue
+        space = RewardSpace.of_manifest(json.loads(manifests[m].read_text()), str(manifests[m]))
         write_bundle(
             out / "bundles" / m,
             recipe.model,
@@ -95,11 +100,13 @@ def write_bundles(
             beta=recipe.soup.beta if m == "bone_soup" else None,
             alpha=recipe.soup.alpha if m == "bone_soup" else 0.0,
             objectives=recipe.objectives,
-            normalization=normalization(manifests[m]),
+            normalization=space.normalization(),
             ref_point=recipe.eval.ref_point or [0.0] * len(recipe.objectives),
             lora_config=recipe.lora,
             gamma=gamma if m == "bone_soup" else None,
             overwrite=True,
+            reward_space=space,
+            diagnostics=diagnostics(manifests[m], space),
         )
         bundles[m] = out / "bundles" / m
     return bundles

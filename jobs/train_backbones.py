@@ -7,7 +7,10 @@
 Each backbone is a Ray Train ``TorchTrainer`` (DeepSpeed ZeRO inside its workers); Ray Tune launches one
 trial per backbone so they run concurrently within the cluster's resources and show up in the dashboard.
 Re-running with the same ``--run-name`` resumes every backbone from its last checkpoint. Everything in the
-recipe is validated (and the prompts and reward settings loaded) before any worker starts.
+recipe is validated (and the prompts and reward settings loaded) before any worker starts. Before any
+backbone trains, one Ray task calibrates the run's reward space from SFT rollouts
+(``soupkitchen.reward_space``): every backbone trains in it, and it is kept in
+``<storage>/<run-name>/reward_space.json`` so a resumed run keeps it.
 Output: ``<storage>/<run-name>/manifest.json``, the input of the merging/evaluation job.
 """
 
@@ -24,6 +27,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # show every backbone's progress l
 
 from soupkitchen.backbones import METHODS, BackboneSpec, backbone_specs, train_loop_per_worker, write_manifest
 from soupkitchen.config import ConfigError, Recipe, from_dict, load_recipe, parse_cli_overrides, to_dict
+from soupkitchen.reward_space import RewardSpace, calibrate_recipe, effective_weights, load_or_calibrate
 
 
 def parse_args(argv: list[str]):
@@ -88,6 +92,7 @@ def backbone_trial(config: dict) -> None:
             "recipe": config["recipe"],
             "backbone": spec,
             "parent_run_id": config["parent_run_id"],
+            "reward_space": config["reward_space"],
             "checkpoint_root": f"{config['storage']}/{config['run_name']}-{spec['name']}",
         },
         scaling_config=ScalingConfig(
@@ -134,9 +139,14 @@ def run(
     checked = preflight(recipe, method)  # validates the recipe even when the caller names the specs
     specs = specs or checked
     ray.init(ignore_reinit_error=True, log_to_driver=True)
+    reward_space = load_or_calibrate(
+        recipe, Path(_local_out(storage, run_name)) / "reward_space.json", calibrate_on_cluster
+    )
+    print(reward_space.describe(), flush=True)
     parent = RunLogger(recipe, f"train_backbones:{run_name}", tags={"soupkitchen.method": method})
     space = {
         "recipe": to_dict(recipe),
+        "reward_space": reward_space.to_dict(),
         "run_name": run_name,
         "storage": storage,
         "parent_run_id": parent.run_id,
@@ -149,7 +159,7 @@ def run(
         run_config=tune.RunConfig(name=f"{run_name}-launcher", storage_path=storage),
     )
     try:
-        manifest = collect_manifest(tuner.fit(), recipe, method, specs, storage, run_name)
+        manifest = collect_manifest(tuner.fit(), recipe, method, specs, storage, run_name, reward_space)
     except BaseException:
         parent.finish("FAILED")  # never leave the parent run RUNNING
         raise
@@ -158,8 +168,25 @@ def run(
     return manifest
 
 
+def calibrate_on_cluster(recipe: Recipe) -> RewardSpace:
+    """``reward_space.calibrate_recipe`` as one Ray task with a backbone worker's resources (its GPU too)."""
+    import ray
+
+    d = recipe.distributed
+    task = ray.remote(num_cpus=d.cpus_per_worker, num_gpus=d.gpus_per_worker if d.use_gpu else 0)(
+        calibrate_recipe
+    )
+    return ray.get(task.remote(recipe, "cuda" if d.use_gpu else "cpu"))
+
+
 def collect_manifest(
-    results, recipe: Recipe, method: str, specs: list[BackboneSpec], storage: str, run_name: str
+    results,
+    recipe: Recipe,
+    method: str,
+    specs: list[BackboneSpec],
+    storage: str,
+    run_name: str,
+    reward_space: RewardSpace,
 ):
     """The trials' results → ``manifest.json`` (raises if any backbone failed)."""
     errors = [r.error for r in results if r.error]
@@ -169,19 +196,23 @@ def collect_manifest(
     backbones = []
     for s in specs:
         m = by_name[s.name]
+        normalizer = json.loads(m["normalizer_json"])
         backbones.append(
             {
                 "name": s.name,
                 "weights": s.weights,
                 "checkpoint": m["checkpoint_uri"],
                 "adapter_file": "trainable.safetensors",
-                "reward_normalizer": json.loads(m["normalizer_json"]),
+                "reward_normalizer": normalizer,
+                "effective_weights": effective_weights(reward_space, [s.weights], [normalizer])[0].tolist(),
+                "reward_scale": reward_space.reward_scale(recipe, s.weights),
                 "resumed_from_step": int(m.get("resumed_from_step", 0)),
                 "rewards_first_steps": {o: m.get(f"start/reward/{o}") for o in recipe.objectives},
                 "rewards_last_steps": {o: m.get(f"end/reward/{o}") for o in recipe.objectives},
             }
         )
-    return write_manifest(Path(_local_out(storage, run_name)) / "manifest.json", recipe, method, backbones)
+    path = Path(_local_out(storage, run_name)) / "manifest.json"
+    return write_manifest(path, recipe, method, backbones, reward_space)
 
 
 def _local_out(storage: str, run_name: str) -> str:

@@ -8,6 +8,7 @@ import json
 from soupkitchen.backbones import write_manifest
 from soupkitchen.config import load_recipe
 from soupkitchen.merging import load_bundle
+from soupkitchen.reward_space import RewardSpace
 
 
 def test_policy_weights_are_the_distinct_union_in_a_fixed_order():
@@ -34,7 +35,8 @@ def test_union_run_splits_into_method_manifests_and_bundles(tiny_policies, tmp_p
         by_w[tuple(w)] | {"name": f"morlhf-{i}"}
         for i, w in enumerate(compare.policy_weights(recipe, list(docs)))
     ]
-    union_path = write_manifest(tmp_path / "union" / "manifest.json", recipe, "morlhf", union)
+    space = RewardSpace.of_manifest(docs["bone_soup"], "bone_soup")
+    union_path = write_manifest(tmp_path / "union" / "manifest.json", recipe, "morlhf", union, space)
 
     manifests = compare.method_manifests(recipe, list(docs), union_path, tmp_path / "out")
     for m, path in manifests.items():
@@ -48,6 +50,8 @@ def test_union_run_splits_into_method_manifests_and_bundles(tiny_policies, tmp_p
     assert (bs.beta, rs.beta, bs.objectives) == (0.7, None, ["warm", "calm"])
     for o in bs.objectives:
         assert bs.normalization[o]["std"] > 0
+    assert bs.reward_space.same_as(space) and rs.reward_space.same_as(space)  # one space for both soups
+    assert bs.diagnostics["effective_B"] == bs.diagnostics["B"] == [[0.7, 0.3], [0.3, 0.7]]
     assert set(bundles) == {"bone_soup", "rewarded_soups"}  # MORLHF is not a soup
 
 

@@ -36,6 +36,7 @@ from soupkitchen.merging import (
 )
 from soupkitchen.models import attach_lora, load_base_model
 from soupkitchen.preferences import merge_coefficients
+from soupkitchen.reward_space import RewardSpace
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ATOL = 1e-5
@@ -280,7 +281,8 @@ def bundle_dir(soup, tmp_path_factory):
             {**{f"adapter.{k}": v for k, v in state.items()}, "value_heads.weight": torch.zeros(3, 64)},
             str(ckpt / "trainable.safetensors"),
         )
-    manifest = write_manifest(root / "manifest.json", soup.recipe, "bone_soup", backbones)
+    space = RewardSpace.identity(soup.recipe.objectives)
+    manifest = write_manifest(root / "manifest.json", soup.recipe, "bone_soup", backbones, space)
     sources = adapters_from_manifest(manifest)
     assert sources == [(b["name"], Path(b["checkpoint"]) / "trainable.safetensors") for b in backbones]
     kw = dict(

@@ -8,11 +8,13 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
 
+from soupkitchen.bootstrap import paired_bootstrap
 from soupkitchen.config import ConfigError, load_recipe
 from soupkitchen.merging import load_bundle
-from soupkitchen.search import beta_specs, short_steps
+from soupkitchen.search import best, beta_specs, results_table, short_steps
 from tests.test_train_backbones import _logs, _wait
 
 
@@ -99,3 +101,51 @@ def test_bad_search_inputs_fail_before_any_trial(script, args, fragment, capsys,
     assert job.main(["--recipe", "tiny", *args]) == 2
     assert re.search(fragment, capsys.readouterr().err)
     assert not started
+
+
+def _trials(scores: dict[float, np.ndarray]) -> list[dict]:
+    """One Tune row per β, each bootstrapped on its own (as separate trial processes) with the same seed."""
+    mu = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    rows = []
+    for beta, s in scores.items():
+        res = paired_bootstrap({"bone_soup": s}, {"bone_soup": mu}, [-3.0, -3.0], samples=300, seed=0)
+        rows.append({"beta": beta, "error": None} | res.row("bone_soup"))
+    return rows
+
+
+def test_results_table_prints_intervals_and_whether_the_winner_is_separated(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((100, 3, 2))  # per-prompt difficulty shared by every trial
+    rows = _trials({0.6: base - 0.2, 0.7: base + 0.03, 0.8: base})
+    rows.append({"beta": 0.9, "error": "RuntimeError('boom')"})
+    text = results_table(rows, ["beta"], tmp_path / "t.csv")
+    w = next(r for r in rows if r["beta"] == 0.7)
+    assert best(rows) is w
+    lines = text.splitlines()
+    assert f"{w['hypervolume']:.4g} [{w['hypervolume_lo']:.4g}, {w['hypervolume_hi']:.4g}]" in lines[1]
+    assert "FAILED: RuntimeError('boom')" in lines[-2]
+    assert lines[-1].startswith("winner beta=0.7 vs runner-up beta=0.8: ΔHV ")
+    assert lines[-1].endswith("— separated at 95%")
+    csv_rows = _rows(tmp_path / "t.csv")
+    assert [r["beta"] for r in csv_rows] == ["0.7", "0.8", "0.6", "0.9"]
+    assert float(csv_rows[0]["hypervolume_lo"]) == w["hypervolume_lo"] and csv_rows[3]["hypervolume_hi"] == ""
+
+    # Independent noise per trial (not shared) with the same small shift: not separated.
+    rows = _trials({0.7: base + 0.03, 0.8: rng.standard_normal((100, 3, 2))})
+    last = results_table(rows, ["beta"]).splitlines()[-1]
+    assert last.startswith(f"winner beta={best(rows)['beta']:g} vs") and last.endswith("not separated at 95%")
+
+
+def test_results_table_of_old_rows_without_intervals():
+    rows = [
+        {"alpha": 0.0, "gamma": 1.0, "error": None, "hypervolume": 0.5, "front_length": 3},
+        {"alpha": 0.3, "gamma": 1.0, "error": None, "hypervolume": 0.6, "front_length": 4},
+    ]
+    lines = results_table(rows, ["alpha", "gamma"]).splitlines()
+    assert lines[1].split() == ["0.3", "1", "0.6", "None", "None", "4"]
+    assert (
+        lines[-1]
+        == "winner alpha=0.3, gamma=1 vs runner-up alpha=0, gamma=1: ΔHV 0.1 — no interval (no replicates)"
+    )
+    assert results_table(rows[:1], ["alpha"]).splitlines()[-1] == "winner alpha=0: no runner-up"
+    assert best(rows) is rows[1]

@@ -18,10 +18,10 @@ from soupkitchen.data import load_prompt_records
 METHODS = ("bone_soup", "rewarded_soups", "morlhf")
 
 
-def train_tiny(recipe, weights, steps, trainer=None):
+def train_tiny(recipe, weights, steps, trainer=None, space=None):
     """``(trainer, per-step stats)`` after PPO on the tiny recipe's training prompts up to ``steps``."""
     records = load_prompt_records(recipe.data, "train")
-    trainer = trainer or build_trainer(recipe, weights)
+    trainer = trainer or build_trainer(recipe, weights, space=space)
     history = []
     while trainer.global_step < steps:
         idx = prompt_schedule(len(records), recipe.ppo.batch_size, trainer.global_step, recipe.data.seed)
@@ -36,12 +36,13 @@ def train_policies(recipe, out: Path) -> dict:
     Returns ``{"histories": {w: stats}, "manifests": {method: path}, "trainers": {w: trainer}}``.
     """
     specs = {m: backbone_specs(recipe, m) for m in METHODS}
-    trained, histories = {}, {}
+    trained, histories, space = {}, {}, None
     for s in (s for m in METHODS for s in specs[m]):
         w = tuple(s.weights)
         if w in trained:
             continue
-        trainer, history = train_tiny(recipe, s.weights, recipe.ppo.steps)
+        trainer, history = train_tiny(recipe, s.weights, recipe.ppo.steps, space=space)
+        space = trainer.space  # calibrated by the first policy, shared by all (as a launcher does)
         directory = out / f"policy-{'-'.join(f'{x:g}' for x in w)}"
         save_checkpoint(trainer, directory, {"backbone": to_dict(BackboneSpec(s.name, s.weights))})
         trained[w], histories[w] = (trainer, directory), history
@@ -57,7 +58,7 @@ def train_policies(recipe, out: Path) -> dict:
             }
             for s in specs[m]
         ]
-        manifests[m] = write_manifest(out / m / "manifest.json", recipe, m, entries)
+        manifests[m] = write_manifest(out / m / "manifest.json", recipe, m, entries, space)
     return {
         "histories": histories,
         "manifests": manifests,

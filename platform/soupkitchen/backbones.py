@@ -24,6 +24,7 @@ import torch
 
 from soupkitchen.config import ConfigError, Recipe, from_dict, to_dict
 from soupkitchen.preferences import backbone_weights
+from soupkitchen.reward_space import RewardSpace, calibrate, check_shared_space
 
 METHODS = ("bone_soup", "rewarded_soups", "morlhf")
 
@@ -47,6 +48,7 @@ def backbone_specs(recipe: Recipe, method: str | None = None) -> list[BackboneSp
         W = np.asarray(recipe.soup.morlhf_preferences, dtype=np.float64)
     else:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_shared_space(recipe, W.tolist())
     return [BackboneSpec(f"{method}-{i}", [round(float(x), 12) for x in w]) for i, w in enumerate(W)]
 
 
@@ -81,8 +83,12 @@ def deepspeed_config(recipe: Recipe, world_size: int) -> dict:
     return cfg
 
 
-def build_trainer(recipe: Recipe, weights, *, device="cpu", comm=None, use_deepspeed=False, restore=None):
-    """The PPO trainer of one backbone on this process. ``restore`` = a checkpoint directory."""
+def build_trainer(
+    recipe: Recipe, weights, *, device="cpu", comm=None, use_deepspeed=False, restore=None, space=None
+):
+    """The PPO trainer of one backbone on this process. ``restore`` = a checkpoint directory; ``space`` = the
+    run's ``RewardSpace`` (None: calibrated here from this policy's W0, the same deterministic rollouts a
+    launcher would make)."""
     from soupkitchen.checkpoint import load_training_checkpoint
     from soupkitchen.models import format_prompt, load_policy
     from soupkitchen.ppo.comm import LocalComm
@@ -132,6 +138,10 @@ def build_trainer(recipe: Recipe, weights, *, device="cpu", comm=None, use_deeps
     if opt_state is not None:
         optimizer.load_state_dict(*opt_state)
     rewards = build_rewards(recipe.rewards, device=device)
+    if space is None:
+        with model.reference():
+            space = calibrate(recipe, model.policy, tokenizer, rewards, device)
+    rewards.normalizer = space.normalizer()  # the run's frozen space (running: only for one-hot w)
     trainer = MOPPOTrainer(
         model,
         tokenizer,
@@ -144,7 +154,9 @@ def build_trainer(recipe: Recipe, weights, *, device="cpu", comm=None, use_deeps
         optimizer=optimizer,
         comm=comm,
         device=device,
+        reward_scale=space.reward_scale(recipe, weights),
     )
+    trainer.space = space
     if state is not None:
         trainer.load_state_dict(state["trainer"])
     return trainer
@@ -182,8 +194,9 @@ def train_loop_per_worker(config: dict) -> None:
     device = resolve_device("cuda" if recipe.distributed.use_gpu else "cpu")
     if device == "cuda":
         device = f"cuda:{ray.train.torch.get_device().index or 0}"
+    space = RewardSpace.from_dict(config["reward_space"])
     if recipe.ppo.algorithm == "grpo":
-        return _train_grpo(recipe, spec, device, config.get("parent_run_id"))
+        return _train_grpo(space.apply(recipe), spec, device, config.get("parent_run_id"))
     comm = TorchDistComm(device if device.startswith("cuda") else "cpu")
     restore = ray.train.get_checkpoint()
     if restore is None and (found := latest_checkpoint(config.get("checkpoint_root"), world)):
@@ -199,6 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
             comm=comm,
             use_deepspeed=recipe.distributed.zero_stage > 0 or world > 1,  # stage 0 = DDP all-reduce
             restore=ckpt_dir,
+            space=space,
         )
     resumed_from = trainer.global_step  # reported with every result: the log can drop lines, results cannot
     if rank == 0 and resumed_from:
@@ -286,14 +300,18 @@ def latest_checkpoint(root: str | None, world_size: int) -> Path | None:
     return best[1] if best else None
 
 
-def write_manifest(path: str | os.PathLike, recipe: Recipe, method: str, backbones: list[dict]) -> Path:
-    """The merging/evaluation job's input: backbones, weights, β, objectives, normalisation, adapters."""
+def write_manifest(
+    path: str | os.PathLike, recipe: Recipe, method: str, backbones: list[dict], space: RewardSpace
+) -> Path:
+    """The merging/evaluation job's input: backbones, weights, β, objectives, the run's reward space (every
+    backbone trained in it), each backbone's own normaliser state and adapter."""
     doc = {
         "format": "soupkitchen.backbones/v1",
         "recipe": to_dict(recipe),
         "method": method,
         "beta": recipe.soup.beta if method == "bone_soup" else None,
         "objectives": recipe.objectives,
+        "reward_space": space.to_dict(),
         "backbones": backbones,
     }
     path = Path(path)

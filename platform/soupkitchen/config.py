@@ -90,13 +90,15 @@ class LoraConfig:
 
 @dataclass
 class NormalizationConfig:
-    """Per-objective reward normalisation: (r - mean) / std.
+    """Per-objective reward normalisation z = (r - mean) / std: the run's one reward space (``reward_space``).
 
-    ``running``: mean/std tracked online (Welford) and frozen into the manifest after training;
-    ``fixed``: constants from the recipe; ``none``: raw rewards.
+    ``calibrated``: mean/std of SFT rollouts on training prompts, measured once before any policy trains
+    and frozen for every policy, evaluation and serving; ``fixed``: constants from the recipe; ``none``: raw
+    rewards; ``running``: each policy's own online statistics (only for policies with one-hot w: in a soup
+    they would give w a different meaning per policy, so mixed-w methods refuse it).
     """
 
-    kind: Literal["none", "running", "fixed"] = "none"
+    kind: Literal["none", "calibrated", "running", "fixed"] = "none"
     mean: float = 0.0
     std: float = _num(1.0, 0.0, None, lo_open=True)
 
@@ -184,8 +186,22 @@ class PPOConfig:
     whiten_advantages: bool = True
     missing_eos: Literal["truncate", "penalize"] = "truncate"  # score a cut-off response as is, or penalise
     missing_eos_penalty: float = -1.0
+    # unit_spread: divide h = wᵀz by its SFT spread sqrt(wᵀΣw) so the KL penalty weighs the same against the
+    # reward for a mixed backbone as for a specialist (conflicting objectives shrink a mix's spread); none: h.
+    scale_rewards: Literal["unit_spread", "none"] = "unit_spread"
+    target_kl: float | None = _num(None, 0.0, None, lo_open=True)  # stop an update's epochs once KL > 1.5×
     checkpoint_every: int = _num(10, 1, None)
     seed: int = 0
+
+
+@dataclass
+class RewardSpaceConfig:
+    """Calibration of the run's reward space (``soupkitchen.reward_space``): SFT rollouts on a seeded sample
+    of training prompts, sampled with ``generation``, before any policy trains."""
+
+    num_prompts: int = _num(64, 1, None)  # training prompts rolled out by W0
+    samples_per_prompt: int = _num(2, 1, None)  # samples per prompt (mean/std over prompts and samples)
+    seed: int = 0  # prompt sample and sampling seed: the same space for every policy and every re-run
 
 
 @dataclass
@@ -298,8 +314,9 @@ class DecodingConfig:
 
 @dataclass
 class ValueModelConfig:
-    """Explicit value models (MAGE-E, notes/mage.md §1.3): one LoRA adapter per objective on W0 whose LM-head
-    logits are Q-values V(x, y<t)[v], trained with Eq. 16 on rollouts of ``policies`` scored by the reward.
+    """Explicit value models (MAGE-E, notes/mage.md §1.3): one LoRA adapter per objective on W0 read as a
+    residual head, Q-values V(x, y<t)[v] = logits_{W0+ΔV} − logits_{W0} (0 at init), trained with Eq. 16 on
+    rollouts of ``policies`` scored by the reward.
 
     ``policies``: ``sft`` (W0, the π_ref of Eq. 15), ``backbones`` (the given backbones at μ on the grid)
     or ``both``. ``lora_r`` / ``lora_alpha`` None: the recipe's ``lora`` (targets are always the recipe's,
@@ -333,6 +350,7 @@ class Recipe:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    reward_space: RewardSpaceConfig = field(default_factory=RewardSpaceConfig)
     soup: SoupConfig = field(default_factory=SoupConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

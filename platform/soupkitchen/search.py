@@ -17,12 +17,15 @@ reports to Tune (the Ray dashboard's Tune view); ``results_table`` sorts the tri
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 from soupkitchen.backbones import BackboneSpec
+from soupkitchen.bootstrap import format_interval, winner_separated
 from soupkitchen.config import ConfigError, Recipe, from_dict, to_dict
 from soupkitchen.preferences import backbone_weights
+from soupkitchen.reward_space import RewardSpace
 
 SCORE = "hypervolume"
 
@@ -76,7 +79,8 @@ def split_beta_manifest(manifest: Path, beta: float, out: Path) -> Path:
     entries = [b for b in doc["backbones"] if b["name"].startswith(prefix)]
     if len(entries) != len(recipe.objectives):
         raise ConfigError("search.betas", f"manifest {manifest} has {len(entries)} backbones for β={beta}")
-    return write_manifest(out / f"beta{beta:g}" / "manifest.json", recipe, "bone_soup", entries)
+    space = RewardSpace.of_manifest(doc, str(manifest))
+    return write_manifest(out / f"beta{beta:g}" / "manifest.json", recipe, "bone_soup", entries, space)
 
 
 _CACHE: dict = {}  # per trial actor: survives between trials when Tune reuses the actor
@@ -251,34 +255,61 @@ def retuned_bundle(source: Path, out: Path, alpha: float, gamma: float | None = 
         lora_config=b.lora,
         gamma=b.gamma if gamma is None else gamma,
         overwrite=True,
+        reward_space=b.reward_space,
+        diagnostics=b.diagnostics,
     )
     return out
 
 
-def results_table(rows: list[dict], keys: list[str], path: Path | None = None) -> str:
-    """Trials sorted by hypervolume (best first; failed trials last, marked), as text and optionally CSV."""
+def results_table(
+    rows: list[dict], keys: list[str], path: Path | None = None, confidence: float = 0.95
+) -> str:
+    """Trials sorted by hypervolume (best first; failed trials last, marked), as text and optionally CSV.
+
+    A metric whose row has ``<metric>_lo`` / ``<metric>_hi`` (bootstrap percentile bounds over the prompts,
+    ``soupkitchen.bootstrap``) prints as ``value [lo, hi]``; the CSV has the three columns. The last line
+    says whether the winner is separated from the runner-up: the paired difference of their
+    ``hypervolume_reps`` (per-replicate HVs on the same prompt resamples), or "no interval" without them.
+    """
     ok = sorted((r for r in rows if r.get("error") is None), key=lambda r: -r[SCORE])
     failed = [r for r in rows if r.get("error") is not None]
-    cols = [*keys, SCORE, "inner_product", "controllability", "front_length"]
+    metrics = [SCORE, "inner_product", "controllability", "front_length"]
     if path is not None:
+        cols = [*keys, *(c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi"))]
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow([*cols, "error"])
             for r in ok + failed:
                 w.writerow([r.get(c, "") for c in cols] + [r.get("error") or ""])
-    lines = ["".join(f"{c:>17}" for c in cols)]
-    for r in ok:
-        lines.append(
-            "".join(f"{r[c]:>17.4g}" if isinstance(r.get(c), float) else f"{r.get(c)!s:>17}" for c in cols)
-        )
+
+    def cell(r: dict, c: str) -> str:
+        v = r.get(c)
+        if c in metrics and isinstance(v, (int, float)):
+            return format_interval(v, r.get(f"{c}_lo"), r.get(f"{c}_hi"))
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    def name(r: dict) -> str:
+        return ", ".join(f"{k}={r[k]:g}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}" for k in keys)
+
+    table = [[*keys, *metrics]] + [[cell(r, c) for c in (*keys, *metrics)] for r in ok]
+    widths = [max(len(line[i]) for line in table) + 3 for i in range(len(table[0]))]
+    lines = ["".join(f"{v:>{wd}}" for v, wd in zip(line, widths, strict=True)) for line in table]
     for r in failed:
-        lines.append("".join(f"{r.get(c)!s:>17}" for c in keys) + f"   FAILED: {str(r['error'])[:200]}")
+        lines.append("".join(f"{r.get(c)!s:>{wd}}" for c, wd in zip(keys, widths, strict=False)))
+        lines[-1] += f"   FAILED: {str(r['error'])[:200]}"
+    if len(ok) >= 2:
+        reps = {name(r): json.loads(r[f"{SCORE}_reps"]) if r.get(f"{SCORE}_reps") else None for r in ok}
+        lines.append(winner_separated({name(r): r[SCORE] for r in ok}, reps, confidence).describe("HV"))
+    elif ok:
+        lines.append(f"winner {name(ok[0])}: no runner-up")
     return "\n".join(lines)
 
 
 def best(rows: list[dict]) -> dict:
-    """The trial with the highest hypervolume among those that finished."""
+    """The trial with the highest hypervolume (point estimate; the first on ties, as ``results_table``
+    ranks them) among those that finished; whether it is separated from the runner-up is
+    ``results_table``'s last line."""
     ok = [r for r in rows if r.get("error") is None]
     if not ok:
         raise RuntimeError(

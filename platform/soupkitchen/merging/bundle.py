@@ -41,6 +41,7 @@ from soupkitchen.merging.mixed import (
     stack_adapters,
 )
 from soupkitchen.preferences import circulant_matrix, merge_coefficients
+from soupkitchen.reward_space import RewardSpace
 
 BUNDLE_FORMAT = "soupkitchen.soup/v1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -65,6 +66,8 @@ class Bundle:
     value_names: list[str] = dataclasses.field(default_factory=list)
     value_adapters: list[dict[str, torch.Tensor]] = dataclasses.field(default_factory=list)
     value_lora: list[LoraSpec] = dataclasses.field(default_factory=list)
+    reward_space: RewardSpace | None = None  # the run's frozen space (normalization is its mean/std)
+    diagnostics: dict = dataclasses.field(default_factory=dict)  # e.g. effective_B of the trained backbones
 
     @property
     def n(self) -> int:
@@ -193,6 +196,10 @@ def _check_doc(doc: dict) -> tuple[list[str], list[str], list[LoraSpec]]:
             raise ConfigError(f"normalization.{o}", f"must be {{mean, std}}, got {norm[o]!r}")
         _finite(norm[o]["mean"], f"normalization.{o}.mean")
         _finite(norm[o]["std"], f"normalization.{o}.std", 0.0, lo_open=True, fix=" (use 1.0 for raw rewards)")
+    if doc.get("reward_space") is not None:
+        space = RewardSpace.from_dict(doc["reward_space"])
+        if space.objectives != objectives or space.normalization() != norm:
+            raise ConfigError("reward_space", "disagrees with objectives/normalization; re-write the bundle")
     ref = doc.get("ref_point")
     if not isinstance(ref, list) or len(ref) != n:
         raise ConfigError("ref_point", f"must list one value per objective ({n}), got {ref!r}")
@@ -249,6 +256,8 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
         value_names=vnames,
         value_adapters=vstates,
         value_lora=vspecs,
+        reward_space=None if doc.get("reward_space") is None else RewardSpace.from_dict(doc["reward_space"]),
+        diagnostics=dict(doc.get("diagnostics") or {}),
     )
 
 
@@ -281,6 +290,8 @@ def write_bundle(
     gamma: float | None = None,
     overwrite: bool = False,
     value_models=None,
+    reward_space: RewardSpace | None = None,
+    diagnostics: Mapping | None = None,
 ) -> Bundle:
     """Write ``bundle.json`` + ``adapters/<name>.safetensors`` (+ sha256) atomically; return it loaded.
 
@@ -289,7 +300,8 @@ def write_bundle(
     ``base`` is a JSON-able reference to W0, or a ModelConfig (stored as ``{"model": ...}``).
     ``lora_config`` is one config or one per adapter (ranks may differ). ``value_models``: MAGE's explicit
     value models to ship along (``value_models.ValueModels``: names, objectives, files, lora, in objective
-    order), or None.
+    order), or None. ``reward_space``: the run's frozen space (then ``normalization`` must be its mean/std);
+    ``diagnostics``: JSON-able facts about the trained backbones (e.g. ``effective_B``).
     """
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
@@ -333,6 +345,10 @@ def write_bundle(
         }
         if values:
             doc["value_models"] = values
+        if reward_space is not None:
+            doc["reward_space"] = reward_space.to_dict()
+        if diagnostics:
+            doc["diagnostics"] = dict(diagnostics)
         if any(s.target_modules != specs[0].target_modules for s in specs):
             raise ConfigError("target_modules", "all adapters must share the same lora target_modules")
         (tmp / "bundle.json").write_text(json.dumps(doc, indent=1))
@@ -384,6 +400,8 @@ def attach_value_models(directory: str | Path, value_models) -> Bundle:
             gamma=b.gamma,
             overwrite=True,
             value_models=value_models,
+            reward_space=b.reward_space,
+            diagnostics=b.diagnostics,
         )
 
 

@@ -1,7 +1,9 @@
 """Per-objective reward normalisation: r̃_j = (r_j − mean_j) / max(std_j, eps).
 
 Each column follows its objective's :class:`~soupkitchen.config.NormalizationConfig`:
-``none`` (identity), ``fixed`` (recipe constants) or ``running`` (population mean/std tracked online).
+``none`` (identity), ``fixed`` (recipe constants) or ``running`` (population mean/std tracked online);
+``calibrated`` columns get their constants from the run's reward space (``RewardSpace.normalizer`` turns
+them into ``fixed``) and cannot normalise before that.
 Running statistics of every column are always tracked (handy for logging) with the parallel-merge form
 of Welford's algorithm (Chan et al.), so ``update`` on batches, ``merge`` of several workers' normalisers
 and one pass over the concatenated data agree to rounding. Until two samples have been seen a running
@@ -17,7 +19,7 @@ import numpy as np
 
 from soupkitchen.config import NormalizationConfig
 
-KINDS = ("none", "running", "fixed")
+KINDS = ("none", "calibrated", "running", "fixed")
 
 
 class RewardNormalizer:
@@ -94,6 +96,10 @@ class RewardNormalizer:
         """(mean, std) used per column by :meth:`normalize`; std already floored at ``eps``."""
         mean, std = np.zeros(self.n), np.ones(self.n)
         for j, kind in enumerate(self.kinds):
+            if kind == "calibrated":
+                raise ValueError(
+                    f"objective {j} is 'calibrated': normalise with the run's RewardSpace.normalizer()"
+                )
             if kind == "fixed":
                 mean[j], std[j] = self.fixed_mean[j], self.fixed_std[j]
             elif kind == "running" and self.count:
