@@ -2,7 +2,7 @@
 
     gen = generate_batch(model, tokenizer, prompts, recipe.generation, format_prompt=fmt)
     gen.texts            # decoded responses, cut at the first EOS and at any stop string, stripped
-    gen.response_mask    # [B, T] 1 up to and including the first EOS
+    gen.response_mask    # [B, T] 1 up to and including the first EOS or the token completing a stop
 
 Prompts are left-padded (the tokenizer pads left, see ``models.prepare_tokenizer``), so every row's
 response starts at column P. ``do_sample=None`` uses the config's setting; ``False`` forces greedy.
@@ -33,6 +33,26 @@ def clean_text(text: str, stop: list[str]) -> str:
     for s in stop:
         text = text.split(s, 1)[0]
     return text.strip()
+
+
+def stop_index(tokenizer, tokens: torch.Tensor, stop: list[str]) -> int | None:
+    """Index of the token whose decoding first completes a stop string in ``tokens``, or None.
+
+    Binary search over prefix lengths: "the decoded prefix contains a stop string" only turns true once."""
+    def hit(k: int) -> bool:
+        text = tokenizer.decode(tokens[:k], skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    if not stop or not hit(len(tokens)):
+        return None
+    lo, hi = 1, len(tokens)  # hit(hi) holds; find the smallest such k
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if hit(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo - 1
 
 
 def encode_prompts(tokenizer, prompts, format_prompt=None, max_prompt_tokens: int = 256, device="cpu"):
@@ -82,6 +102,13 @@ def generate_batch(
     is_eos = response == tokenizer.eos_token_id
     after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
     response_mask = (~after_eos).long()
+    ended = is_eos.any(-1)
+    for b, (r, m) in enumerate(zip(response, response_mask, strict=True)):
+        # A stop string ends the response like EOS: no credit (or blame) for the tokens after it.
+        t = stop_index(tokenizer, r[m.bool()], gen.stop)
+        if t is not None:
+            response_mask[b, t + 1 :] = 0
+            ended[b] = True
     texts = [
         clean_text(tokenizer.decode(r[m.bool()], skip_special_tokens=True), gen.stop)
         for r, m in zip(response, response_mask, strict=True)
@@ -92,5 +119,5 @@ def generate_batch(
         response_mask=response_mask,
         prompt_len=P,
         texts=texts,
-        has_eos=is_eos.any(-1),
+        has_eos=ended,
     )

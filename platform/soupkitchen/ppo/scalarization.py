@@ -14,6 +14,15 @@ import numpy as np
 import torch
 
 
+def check_simplex(w: np.ndarray, what: str) -> None:
+    """Rows must be ≥ 0 and sum to 1: otherwise Σ_k ω_k Â^k silently rescales the KL term of every stream."""
+    sums = w.sum(-1)
+    if np.any(w < -1e-9) or np.any(np.abs(sums - 1.0) > 1e-6):
+        raise ValueError(
+            f"scalarisation {what} must be non-negative and sum to 1, got sums {sums[:4].tolist()}"
+        )
+
+
 class Scalarizer(Protocol):
     def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
         """ω of shape [batch, n_objectives] for the batch's (normalised) terminal rewards [batch, n]."""
@@ -26,6 +35,7 @@ class FixedWeights:
         w = np.asarray(w, dtype=np.float64)
         if w.ndim != 1 or not np.all(np.isfinite(w)):
             raise ValueError(f"scalarisation weights must be a finite 1-D vector, got {w!r}")
+        check_simplex(w[None, :], "w")
         self.w = torch.as_tensor(w, dtype=torch.float32)
 
     def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,6 +50,7 @@ class PerSamplePreference:
     def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
         if preferences is None or preferences.shape != rewards.shape:
             raise ValueError("per-sample scalarisation needs a preference [batch, n] for every sample")
+        check_simplex(preferences.detach().cpu().double().numpy(), "preferences")
         return preferences.to(rewards.device, torch.float32)
 
 

@@ -4,13 +4,19 @@ TRL removed its PPOTrainer (1.13), so this is the engine. One ``step`` is the cl
 Ziegler et al. / TRL ≤ 0.11 (the seeds' implementation) with the reward kept as a vector end to end:
 
 1. sample responses from π (W0 + LoRA) for the step's prompts;
-2. score every objective → R_raw [B, K]; normalise per objective → R [B, K];
+2. score every objective → R_raw [B, K]; normalise into the run's reward space → R [B, K];
 3. log π, log π_ref (adapter off) and V^k on the sampled tokens; KL_t = log π − log π_ref;
-4. r^k_t = −η KL_t + 1[t=T] R^k; GAE per objective → Â^k, returns^k;
+4. r^k_t = −η KL_t + 1[t=T] R^k / s (s = ``reward_scale``⁻¹: the SFT spread of wᵀR, so the KL penalty
+   weighs alike for every w); GAE per objective → Â^k, returns^k;
 5. ω = scalariser(R) [B, K]; Â = Σ_k ω_k Â^k, whitened (linear ω with Σω = 1 makes this the GAE of the
    scalarised reward h = ωᵀR under the scalarised critic ωᵀV);
-6. ``ppo_epochs`` passes over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss;
+6. ``ppo_epochs`` passes over shuffled minibatches: clipped policy loss + vf_coef · clipped value loss,
+   stopped early once the mean approx-KL of the old and new policy exceeds 1.5 ``target_kl`` (TRL's
+   ``early_stopping``; off when None);
 7. adaptive KL update with the batch's mean summed KL.
+
+Dropout is switched off in the whole model (TRL's ``disable_dropout_in_model``): rollout log-probs are
+taken in eval mode and updates in train mode, and with LoRA dropout > 0 the first ratio would not be 1.
 
 The optimiser is pluggable (``TorchOptimizer`` or a DeepSpeed engine) and collectives go through ``comm``,
 so the same loop runs in-process (tests, notebooks) and inside each Ray Train worker.
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from trl.trainer.utils import disable_dropout_in_model
 
 from soupkitchen.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 from soupkitchen.config import GenerationConfig, PPOConfig
@@ -153,8 +160,11 @@ class MOPPOTrainer:
         optimizer=None,
         comm=None,
         device: str | torch.device = "cpu",
+        reward_scale: float = 1.0,
     ):
+        disable_dropout_in_model(model)
         self.model = model
+        self.reward_scale = float(reward_scale)
         self.tokenizer = tokenizer
         self.rewards = rewards
         self.normalizer = rewards.normalizer
@@ -228,7 +238,7 @@ class MOPPOTrainer:
         rollout.logprobs, rollout.ref_logprobs = torch.cat(logps) * mask, torch.cat(refs) * mask
         rollout.values = torch.cat(vals) * mask.unsqueeze(-1)
         kl = rollout.logprobs - rollout.ref_logprobs
-        token_r = core.token_rewards(rollout.rewards, kl, mask, self.kl.value)
+        token_r = core.token_rewards(rollout.rewards * self.reward_scale, kl, mask, self.kl.value)
         adv_k, rollout.returns = core.gae(token_r, rollout.values, mask, self.cfg.gamma, self.cfg.lam)
         adv = (adv_k * rollout.weights.unsqueeze(1)).sum(-1)
         if self.cfg.whiten_advantages:
@@ -254,9 +264,11 @@ class MOPPOTrainer:
             "approx_kl": 0.0,
             "grad_norm": 0.0,
         }
-        n = 0
+        n, stopped = 0, False
         self.model.train()
         for _ in range(self.cfg.ppo_epochs):
+            if stopped:
+                break
             order = torch.randperm(B, generator=self.generator)
             for start in range(0, n_mb * mb, mb):
                 idx = order[start : start + mb].to(self.device)
@@ -272,16 +284,23 @@ class MOPPOTrainer:
                 )
                 grad_norm = self.optimizer.step(pg + self.cfg.vf_coef * vf)
                 with torch.no_grad():
+                    approx_kl = float(core.masked_mean(0.5 * (logp - rollout.logprobs[idx]) ** 2, mask))
                     sums["policy_loss"] += float(pg)
                     sums["value_loss"] += float(vf)
                     sums["clipfrac"] += float(clipfrac)
                     sums["entropy"] += float(core.masked_mean(core.entropy_of(logits), mask))
-                    sums["approx_kl"] += float(
-                        core.masked_mean(0.5 * (logp - rollout.logprobs[idx]) ** 2, mask)
-                    )
+                    sums["approx_kl"] += approx_kl
                     sums["grad_norm"] += grad_norm
                 n += 1
-        return {k: v / max(n, 1) for k, v in sums.items()}
+                if self.cfg.target_kl is not None:
+                    # Every rank decides on the same mean, so all leave the loop together (collectives).
+                    mean_kl = float(self.comm.mean(torch.tensor(approx_kl)))
+                    if mean_kl > 1.5 * self.cfg.target_kl:
+                        stopped = True
+                        break
+        out = {k: v / max(n, 1) for k, v in sums.items()}
+        out["ppo_minibatches"] = float(n)
+        return out
 
     def step(self, prompts: list[str], contexts: list[str] | None = None) -> dict[str, float]:
         """One PPO iteration on this worker's prompts; returns metrics averaged over all workers."""
