@@ -183,3 +183,55 @@ def test_latest_checkpoint_picks_the_newest_complete_one(tmp_path):
     assert latest_checkpoint(str(tmp_path), world_size=2) == tmp_path / "checkpoint_c"  # b lacks rank 1
     assert latest_checkpoint(str(tmp_path / "none"), 1) is None
     assert latest_checkpoint("s3://bucket/run", 1) is None
+
+
+def test_scalarisation_weights_must_sum_to_one():
+    r = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="sum to 1"):
+        FixedWeights([0.7, 0.7])
+    with pytest.raises(ValueError, match="sum to 1"):
+        PerSamplePreference().weights(r, torch.tensor([[0.5, 0.5], [1.0, 1.0]]))
+
+
+def test_lora_dropout_is_off_so_the_first_ppo_ratio_is_one():
+    recipe = load_recipe("tiny", {"lora.dropout": 0.5, "ppo.steps": 1})
+    trainer = build_trainer(recipe, [0.7, 0.3])
+    rollout = trainer.evaluate_rollout(
+        trainer.score(trainer.generate(["hello there"] * 4), ["hello there"] * 4)
+    )
+    P, T = rollout.prompt_len, rollout.response_mask.shape[1]
+    trainer.model.train()  # the mode of the update
+    with torch.no_grad():
+        _, logp, _ = trainer._forward(rollout.input_ids, rollout.attention_mask, P, T)
+    mask = rollout.response_mask.float()
+    torch.testing.assert_close(logp * mask, rollout.logprobs, atol=1e-6, rtol=0)
+
+
+def test_tokens_after_a_stop_string_get_no_credit():
+    from soupkitchen.data import load_prompt_records
+    from soupkitchen.generation import generate_batch, stop_index
+    from soupkitchen.models import load_base_model
+
+    recipe = load_recipe("tiny")
+    model, tok = load_base_model(recipe.model)
+    prompts = [load_prompt_records(recipe.data, "train")[0].prompt] * 3
+    torch.manual_seed(0)
+    free = generate_batch(model, tok, prompts, recipe.generation)
+    words = free.texts[0].split()
+    assert len(words) >= 4
+    stop = words[2]
+    cfg = load_recipe("tiny", {"generation.stop": [stop]}).generation
+    torch.manual_seed(0)  # the same samples: stop strings only cut afterwards
+    cut = generate_batch(model, tok, prompts, cfg)
+    ids = free.sequences[0, free.prompt_len :]
+    t = stop_index(tok, ids, [stop])
+    assert stop in tok.decode(ids[: t + 1]) and stop not in tok.decode(ids[:t])
+    assert int(cut.response_mask[0].sum()) == t + 1 < int(free.response_mask[0].sum())
+    assert stop not in cut.texts[0] and bool(cut.has_eos[0])
+
+
+def test_target_kl_stops_the_update_early():
+    recipe = load_recipe("tiny", {"ppo.ppo_epochs": 8, "ppo.target_kl": 1e-9, "ppo.learning_rate": 0.05})
+    trainer = build_trainer(recipe, [0.7, 0.3])
+    stats = trainer.step(["hello there"] * 16)
+    assert stats["ppo_minibatches"] < 8 * recipe.ppo.batch_size // recipe.ppo.mini_batch_size
