@@ -1,6 +1,7 @@
 """Guided decoding on the tiny recipe's trained backbones: exactness (γ = 0 is plain decoding, one-hot MOD
-is the backbone, mixed batches equal rows alone, the MAGE-I-M score is its formula), sampling and beam
-determinism, stop strings, the LogitsProcessor, input validation.
+is the backbone, mixed batches equal rows alone, the MAGE-I-M and MAGE-E scores are their formulas, an
+untrained residual value head adds nothing), expert roles, sampling and beam determinism, stop strings, the
+LogitsProcessor, input validation.
 
 References are independent of the decoding loop: HF ``generate`` (via ``generate_batch``) on the mixed
 model, dense ``materialize`` merges, and plain forward passes.
@@ -13,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from peft import get_peft_model_state_dict
 
 from soupkitchen.config import ConfigError, load_recipe
 from soupkitchen.data import load_prompt_records
@@ -27,8 +29,9 @@ from soupkitchen.decoding import (
 )
 from soupkitchen.evaluation import build_plan, load_mixed, read_source
 from soupkitchen.generation import generate_batch
-from soupkitchen.merging import load_adapter_state, materialize, use_coefficients
-from soupkitchen.models import load_base_model
+from soupkitchen.merging import build_mixed_model, load_adapter_state, materialize, use_coefficients
+from soupkitchen.models import attach_lora, load_base_model
+from soupkitchen.value_models import value_lora
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 MUS = [[0.0, 1.0], [0.3, 0.7], [1.0, 0.0], [0.5, 0.5], [0.8, 0.2], [0.1, 0.9]]
@@ -36,14 +39,17 @@ MUS = [[0.0, 1.0], [0.3, 0.7], [1.0, 0.0], [0.5, 0.5], [0.8, 0.2], [0.1, 0.9]]
 
 @pytest.fixture(scope="module")
 def stack(tiny_policies):
-    """Mixed model over [BS backbone 0, BS backbone 1, RS backbone 0, RS backbone 1]; roles; prompts."""
+    """Mixed model over [BS backbone 0, BS backbone 1, RS backbone 0, RS backbone 1]; roles (MAGE-I over the
+    BS backbones, MOD over the RS ones); prompts."""
     recipe, trained = tiny_policies
     sources = {m: read_source(trained["manifests"][m], m) for m in ("bone_soup", "rewarded_soups")}
     plan = build_plan(recipe, sources, include_sft=False)
     model, tok = load_mixed(plan, recipe)
-    roles = AdapterRoles(4, [0, 1], sources["bone_soup"].beta, 0.0, experts=[2, 3])
+    roles = AdapterRoles(4, [0, 1], sources["bone_soup"].beta, 0.0, mod_experts=[2, 3])
     prompts = [r.prompt for r in load_prompt_records(recipe.data, "eval")[: len(MUS)]]
-    return SimpleNamespace(recipe=recipe, plan=plan, model=model, tok=tok, roles=roles, prompts=prompts)
+    return SimpleNamespace(
+        recipe=recipe, sources=sources, plan=plan, model=model, tok=tok, roles=roles, prompts=prompts
+    )
 
 
 def run(s, plans, settings=None, prompts=None, **kw):
@@ -126,6 +132,98 @@ def test_mage_i_m_score_is_its_formula(stack):
         score, lp = batch.forward()
         torch.testing.assert_close(score, want, atol=2e-4, rtol=0)
         torch.testing.assert_close(lp, lp_base, atol=1e-4, rtol=0)
+
+
+def _first_logits(model, enc) -> torch.Tensor:
+    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return model(**enc, position_ids=pos).logits[:, -1].float()
+
+
+@torch.no_grad()
+def test_mage_e_score_reads_value_rows_as_residuals(stack):
+    """MAGE-E with the RS adapters as stand-in value models: first-step score = log π_base + γ Σ_i μ_i
+    (logits(W0 + ΔV_i) − logits(W0)), against dense merges; one shared W0 row (c = 0) per decoding row."""
+    s = stack
+    mu, gamma = [0.2, 0.8], 1.5
+    roles = AdapterRoles(4, [0, 1], s.sources["bone_soup"].beta, 0.0, values=[2, 3])
+    base_model, _ = load_base_model(s.recipe.model)
+    adapters = [load_adapter_state(p) for p in s.plan.adapters]
+    enc = s.tok(s.prompts[:2], return_tensors="pt", padding=True)
+    lp_base = _first_logits(materialize(base_model, adapters[:2], roles.base(mu)[:2], s.plan.lora[0]), enc)
+    lp_base = lp_base.log_softmax(-1)
+    w0 = _first_logits(base_model, enc)
+    q = [_first_logits(materialize(base_model, [a], [1.0], s.plan.lora[2]), enc) - w0 for a in adapters[2:]]
+    want = {
+        "mage_e": lp_base + gamma * (mu[0] * q[0] + mu[1] * q[1]),
+        "mage_e_m": lp_base
+        + gamma * (_first_logits(materialize(base_model, adapters[2:], mu, s.plan.lora[2]), enc) - w0),
+    }
+    for mode, width in (("mage_e", 4), ("mage_e_m", 3)):
+        plan = roles.plan(mode, mu, gamma)
+        assert plan.width == width and plan.components[-1].c == (0.0,) * 4  # base, value rows, W0
+        assert plan.components[-1].value == -gamma  # −γ Σ μ_i logits(W0)
+        score, lp = RowBatch(s.model, [plan, plan], enc["input_ids"], enc["attention_mask"]).forward()
+        torch.testing.assert_close(score, want[mode], atol=2e-4, rtol=0)
+        torch.testing.assert_close(lp, lp_base, atol=1e-4, rtol=0)
+
+
+def test_untrained_value_models_add_no_guidance(stack):
+    """Freshly initialised value adapters (B = 0) under the residual head: V ≡ 0, so MAGE-E(-M) decodes
+    exactly as plain at any γ (read raw, their logits would be W0's and γ·V would pull toward W0)."""
+    s = stack
+    fresh, _ = load_base_model(s.recipe.model)
+    untrained = get_peft_model_state_dict(attach_lora(fresh, value_lora(s.recipe), seed=3))
+    assert all(not v.any() for k, v in untrained.items() if "lora_B" in k)
+    base, _ = load_base_model(s.recipe.model)
+    states = [load_adapter_state(p) for p in s.plan.adapters[:2]] + [untrained, untrained]
+    lora = [*s.plan.lora[:2], value_lora(s.recipe), value_lora(s.recipe)]
+    model = build_mixed_model(base, states, lora, ["bs0", "bs1", "v0", "v1"])
+    roles = AdapterRoles(4, [0, 1], s.sources["bone_soup"].beta, 0.0, values=[2, 3])
+    settings = DecodeSettings(max_new_tokens=10)
+    plain = decode(model, s.tok, s.prompts, [roles.plan("plain", mu, 0.0) for mu in MUS], settings)
+    enc = s.tok(s.prompts, return_tensors="pt", padding=True)
+    for mode in ("mage_e", "mage_e_m"):
+        for gamma in (1.0, 20.0):
+            plans = [roles.plan(mode, mu, gamma) for mu in MUS]
+            with torch.no_grad():
+                score, lp = RowBatch(model, plans, enc["input_ids"], enc["attention_mask"]).forward()
+            torch.testing.assert_close(score, lp, atol=1e-5, rtol=0)
+            assert torch.equal(decode(model, s.tok, s.prompts, plans, settings).tokens, plain.tokens), mode
+
+
+def test_residual_w0_row_is_one_shared_forward_row():
+    """All value rows share one c = 0 row (u = −γ Σ w_i); a c = 0 row already in the plan (here the base)
+    serves the residual too (w and u on one forward row), unless the shortcut is off."""
+    e = np.eye(3)
+    plan = row_plan("mage_e", 2.0, base=e[0], values=[e[1], e[2]], value_weights=[0.25, 0.75])
+    assert [(c.c, c.weight, c.value) for c in plan.components] == [
+        ((1.0, 0, 0), 1.0, 0.0),
+        ((0, 1.0, 0), 0.0, 0.5),
+        ((0, 0, 1.0), 0.0, 1.5),
+        ((0, 0, 0), 0.0, -2.0),
+    ]
+    shared = row_plan("mage_e_m", 2.0, base=np.zeros(3), values=[e[1], e[2]])
+    assert shared.width == 2 and (shared.components[0].weight, shared.components[0].value) == (1.0, -2.0)
+    assert row_plan("mage_e_m", 2.0, base=np.zeros(3), values=[e[1], e[2]], shortcut=False).width == 3
+
+
+def test_mage_i_uses_bone_soup_backbones_and_mod_the_rewarded_soups(stack):
+    """With both sources, evaluate's MAGE-I π*_i are the Bone Soup backbones, MOD's experts the RS ones."""
+    s = stack
+    plan = build_plan(s.recipe, s.sources, include_sft=False, modes=["mage_i", "mod"], gamma=1.0)
+    fronts = {f.label: f for f in plan.fronts}
+    files = {m: {p.resolve() for p in src.adapters} for m, src in s.sources.items()}
+
+    def used(front) -> set:
+        idx = {j for pl in front.plans for c in pl.components for j, x in enumerate(c.c) if x != 0}
+        return {plan.adapters[j].resolve() for j in idx}
+
+    assert used(fronts["mage_i"]) == files["bone_soup"]
+    assert used(fronts["mod"]) == files["rewarded_soups"]
+    mu = [0.3, 0.7]
+    mage_i = s.roles.plan("mage_i", mu, 1.0)  # base, π*_0 = e_0, π*_1 = e_1, π_ref = 0
+    assert [c.c for c in mage_i.components[1:]] == [(1.0, 0, 0, 0), (0, 1.0, 0, 0), (0, 0, 0, 0)]
+    assert [c.c for c in s.roles.plan("mod", mu, 1.0).components] == [(0, 0, 1.0, 0), (0, 0, 0, 1.0)]
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(stack):

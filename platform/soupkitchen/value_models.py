@@ -1,15 +1,24 @@
 """Explicit value models for MAGE-E (notes/mage.md §1.3): one LoRA adapter per objective over W0.
 
-The adapter's LM-head logits are read as Q-values: V(x, y<t)[v] = logits of W0 + ΔV_i at position t−1
-for candidate token v, so one forward pass scores every candidate (the "multi-head value model"). Training
-regresses the value of every taken token to the final reward of objective i (Eq. 16, Monte-Carlo target):
+The adapter's LM-head logits are read as Q-values through a *residual head*: for candidate token v,
+
+    V_i(x, y<t)[v] = logits_{W0+ΔV_i}(x, y<t)[v] − logits_{W0}(x, y<t)[v]
+
+so one forward pass (plus the W0 pass) scores every candidate (the "multi-head value model"), an untrained
+adapter (B = 0) is V ≡ 0 and adds no guidance, and tokens never supervised keep V ≈ 0 instead of W0's
+logit scale (read raw, γ·V would sharpen toward W0's distribution). Training regresses the value of every
+taken token to the final reward of objective i (Eq. 16, Monte-Carlo target):
 
     L_V(x, y) = ½ Σ_{t=1}^{|y|} ( V(x, y<t)[y_t] − r_i(x, y) )²
 
 on rollouts of the SFT policy (π_ref of Eq. 15, c = 0) and/or the Stage-1 backbones (c = e_j), sampled with
 the recipe's generation settings and scored by the recipe's rewards (raw, unnormalised). Every value model
 starts from the same W0 with the recipe's LoRA targets, so the adapters stack with the backbones in one
-mixed model and merge linearly (Eq. 24: c = Σ_i μ_i e_{V_i}).
+mixed model and merge linearly (Eq. 24: c = Σ_i μ_i e_{V_i}; the residual of the merge is then read
+against the c = 0 row, ``decoding.plans``).
+
+``value_models.json`` records ``"head": "residual"``; files without it were trained on raw logits (before
+the residual head) and are refused with an error naming ``--value-models``: retrain them.
 
     rollouts = collect_rollouts(recipe, policies)              # (prompt, response, reward vector)
     state, metrics = train_value_model(recipe, rollouts, i)   # adapter of objective i + val MSE / accuracy
@@ -36,6 +45,7 @@ import torch
 from soupkitchen.config import ConfigError, LoraConfig, Recipe, to_dict
 
 VALUE_FORMAT = "soupkitchen.value_models/v1"
+VALUE_HEAD = "residual"  # Q = logits(W0 + ΔV) − logits(W0)
 
 
 @dataclass
@@ -137,25 +147,34 @@ def collate(rollouts: Sequence[Rollout], pad_id: int, device="cpu"):
     return ids.to(device), mask.to(device), resp.to(device)
 
 
-def token_values(model, ids: torch.Tensor, mask: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
-    """Q(x, y<t)[y_t] for every response position (0 elsewhere): [B, L] (position t read from logits t−1)."""
+def _taken_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """logits[t−1][y_t] of every position t ≥ 1: [B, L−1]."""
     from soupkitchen.models import left_pad_position_ids
 
     logits = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask)).logits
-    q = logits[:, :-1].float().gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return torch.nn.functional.pad(q, (1, 0)) * resp
+    return logits[:, :-1].float().gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def token_values(model, ids: torch.Tensor, mask: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+    """Residual Q(x, y<t)[y_t] = (logits_{W0+ΔV} − logits_{W0})[t−1, y_t] for every response position (0
+    elsewhere): [B, L]. ``model`` is the PEFT value model; the W0 pass (adapter disabled) has no gradient."""
+    with torch.no_grad(), model.disable_adapter():
+        q0 = _taken_logits(model, ids, mask)
+    return torch.nn.functional.pad(_taken_logits(model, ids, mask) - q0, (1, 0)) * resp
 
 
 def eq16_loss(q: torch.Tensor, resp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. 16: ½ Σ_t (V(x, y<t)[y_t] − r)² per sequence, averaged over the batch."""
+    """Eq. 16: ½ Σ_t (V(x, y<t)[y_t] − r)² per sequence, averaged over the batch (q: residual Q-values of
+    ``token_values``, so an untrained adapter starts at ½ Σ_t r²)."""
     err = (q - target[:, None]) * resp
     return 0.5 * err.pow(2).sum(-1).mean()
 
 
 @torch.no_grad()
 def validation_metrics(model, rollouts: Sequence[Rollout], objective: int, pad_id: int, device="cpu") -> dict:
-    """Per-token MSE of V(x, y<t)[y_t] against r, and pairwise accuracy: for responses to the same prompt
-    with different rewards, does the value of the last token V(x, y<T)[y_T] order them as r does?"""
+    """Per-token MSE of the residual V(x, y<t)[y_t] against r, and pairwise accuracy: for responses to the
+    same prompt with different rewards, does the value of the last token V(x, y<T)[y_T] order them as r
+    does? (``val_pairwise_accuracy``, absent when no such pair exists.)"""
     if not rollouts:
         return {}
     sq, count, last = 0.0, 0, []
@@ -185,6 +204,15 @@ def validation_metrics(model, rollouts: Sequence[Rollout], objective: int, pad_i
     return out
 
 
+def _split_metrics(model, train, val, objective: int, pad_id: int, device, prefix: str = "") -> dict:
+    """``validation_metrics`` of the validation split (``val_*``) and of the training split (``train_*``),
+    keys prefixed with ``prefix``."""
+    out = validation_metrics(model, val, objective, pad_id, device)
+    fit = validation_metrics(model, train, objective, pad_id, device)
+    out |= {k.replace("val_", "train_", 1): v for k, v in fit.items()}
+    return {prefix + k: v for k, v in out.items()}
+
+
 def split_rollouts(rollouts: Sequence[Rollout], fraction: float, seed: int):
     """(train, val) by prompt, so responses to one prompt stay together (pairwise accuracy needs them)."""
     prompts = sorted({r.prompt for r in rollouts})
@@ -206,7 +234,9 @@ def train_value_model(
     """Fit the value adapter of ``objective`` (Eq. 16, Adam) on ``rollouts``: (A/B state dict, metrics).
 
     ``value_model.epochs`` passes over the training split in shuffled batches of ``value_model.batch_size``
-    (at most ``max_steps`` steps); validation (``val_fraction`` of the prompts) before and after.
+    (at most ``max_steps`` steps); validation (``val_fraction`` of the prompts) before and after: MSE and
+    pairwise accuracy of the residual head (``validation_metrics``) on the validation and training splits.
+    The model stays in eval mode (no dropout), so the W0 pass of the residual sees the same network.
     """
     from peft import get_peft_model_state_dict
 
@@ -219,13 +249,11 @@ def train_value_model(
     if not train:
         raise ConfigError("value_model.val_fraction", "leaves no training rollouts; lower it")
     base, tokenizer = load_base_model(recipe.model, device=device)
-    model = attach_lora(base, value_lora(recipe), seed=vm.seed + objective)
-    model.train()
+    model = attach_lora(base, value_lora(recipe), seed=vm.seed + objective).eval()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=vm.learning_rate)
     pad = tokenizer.pad_token_id
-    metrics = {f"before_{k}": v for k, v in validation_metrics(model, val, objective, pad, device).items()}
-    metrics["before_train_mse"] = validation_metrics(model, train, objective, pad, device)["val_mse"]
+    metrics = _split_metrics(model, train, val, objective, pad, device, "before_")
     gen = torch.Generator().manual_seed(vm.seed + objective)
     step, losses = 0, []
     total = vm.epochs * math.ceil(len(train) / vm.batch_size)
@@ -246,9 +274,7 @@ def train_value_model(
                 on_step(step, {"loss": losses[-1]})
             if step >= total:
                 break
-    model.eval()
-    metrics |= validation_metrics(model, val, objective, pad, device)
-    metrics["train_mse"] = validation_metrics(model, train, objective, pad, device)["val_mse"]
+    metrics |= _split_metrics(model, train, val, objective, pad, device)
     metrics |= {"steps": float(step), "first_loss": losses[0], "last_loss": losses[-1]}
     metrics |= {"train_rollouts": float(len(train)), "val_rollouts": float(len(val))}
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
@@ -313,6 +339,7 @@ def write_value_models(
             )
         doc = {
             "format": VALUE_FORMAT,
+            "head": VALUE_HEAD,
             "objectives": list(recipe.objectives),
             "adapters": entries,
             "lora": to_dict(lora),
@@ -332,7 +359,8 @@ def write_value_models(
 
 
 def load_value_models(directory: str | Path, flag: str = "--value-models") -> ValueModels:
-    """Read and check a value-model directory (format, one adapter per objective, files, sha256)."""
+    """Read and check a value-model directory (format, head, one adapter per objective, files, sha256);
+    a manifest without ``"head": "residual"`` (raw-logit value models) is refused: retrain it."""
     from soupkitchen.checkpoint import sha256_of
     from soupkitchen.config import from_dict, read_format
 
@@ -341,6 +369,14 @@ def load_value_models(directory: str | Path, flag: str = "--value-models") -> Va
     if not path.is_file():
         raise ConfigError(flag, f"{path} not found; train value models with jobs/train_value_models.py")
     doc = read_format(path, flag, VALUE_FORMAT, "value-model manifest")
+    head = doc.get("head")
+    if head != VALUE_HEAD:
+        found = 'no "head" (raw logits read as Q-values)' if head is None else f"head {head!r}"
+        raise ConfigError(
+            flag,
+            f"{path} has {found}; decoding reads the {VALUE_HEAD!r} head Q = logits(W0 + ΔV) − logits(W0): "
+            "retrain the value models with jobs/train_value_models.py",
+        )
     objectives = doc.get("objectives") or []
     entries = doc.get("adapters") or []
     if [e.get("objective") for e in entries] != objectives:

@@ -5,11 +5,11 @@
     out.texts, out.tokens [R, T], out.lengths, out.has_eos
 
 Each decoding row r expands into ``plans[r].width`` forward rows (its coefficient vectors, ``merging``), so a
-batch mixes μ, modes and γ freely. Per step: one forward of all forward rows (prefill, then one token with
-the cache), then s_r = Σ_j w_j f_j (plans.py), then greedy argmax or sampling from softmax(s_r / T) after
-top-k / top-p. The first ``min_new_tokens`` steps cannot pick EOS (as ``generation.generate_batch``). A row
-ends at EOS, at a stop string or at ``max_new_tokens``; finished rows stay in the batch (feeding pad) so
-the random stream of sampling does not depend on when other rows end.
+batch mixes μ, modes and γ freely. Per step: one forward of all forward rows (prefill, then one token with the
+cache), then s_r = Σ_j w_j log_softmax(l_j) + u_j l_j (plans.py; u reads residual value heads), then greedy
+argmax or sampling from softmax(s_r / T) after top-k / top-p. The first ``min_new_tokens`` steps cannot pick
+EOS (as ``generation.generate_batch``). A row ends at EOS, at a stop string or at ``max_new_tokens``; finished
+rows stay in the batch (feeding pad) so the random stream of sampling does not depend on when other rows end.
 
 Chunk-level beam (``beam_width`` b > 0, notes/mage.md §1.7; Weak-to-Strong Search's CBS semantics):
 the prompt expands into b·c candidates; each candidate samples ``beam_lookahead`` l tokens with the
@@ -140,7 +140,7 @@ class RowBatch:
         m = len(comps[0].c) if comps else 0
         self.coeffs = torch.tensor([c.c for c in comps], dtype=torch.float32).reshape(len(comps), m)
         self.weights = torch.tensor([c.weight for c in comps], dtype=torch.float32, device=self.device)
-        self.is_value = torch.tensor([c.kind == "value" for c in comps], dtype=torch.bool, device=self.device)
+        self.values = torch.tensor([c.value for c in comps], dtype=torch.float32, device=self.device)
         base = [
             int(o) + p.base if p.base is not None else -1
             for p, o in zip(self.plans, self.offsets, strict=True)
@@ -177,11 +177,10 @@ class RowBatch:
                 state.c = previous
         self.cache = out.past_key_values
         logits = out.logits[:, -1].float()
-        f = torch.where(self.is_value[:, None], logits, logits.log_softmax(-1))
-        s = torch.zeros(len(self.plans), f.shape[-1], device=f.device).index_add_(
-            0, self.src, f * self.weights[:, None]
-        )
-        return s, f[self.base_f.clamp(min=0)]
+        lp = logits.log_softmax(-1)
+        f = _weighted(lp, self.weights) + _weighted(logits, self.values)
+        s = torch.zeros(len(self.plans), f.shape[-1], device=f.device).index_add_(0, self.src, f)
+        return s, lp[self.base_f.clamp(min=0)]
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Append one token per decoding row (all its forward rows get it)."""
@@ -207,6 +206,11 @@ class RowBatch:
         self.gen, self.done, self.eos = self.gen[keep], self.done[keep], self.eos[keep]
         self.value, self.ids = self.value[keep], self.ids[keep]
         self._layout()
+
+
+def _weighted(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """w_j · x_j per forward row, exactly 0 where w_j = 0 (even at −inf entries of x)."""
+    return torch.where(w[:, None] != 0, x * w[:, None], 0.0)
 
 
 class RowRules:

@@ -1,22 +1,27 @@
 """Row plans: what each request row of a guided batch runs, as forward rows over one adapter stack.
 
 A decoding row (one request: prompt, μ, mode, γ) becomes a few *forward rows* of the mixed model, each a
-coefficient vector c over the stack (``merging``), a weight w and a kind. The row's next-token score is
+coefficient vector c over the stack (``merging``) with two weights: w on its log-probabilities and u on its
+raw logits. The row's next-token score is
 
-    s(v) = Σ_j w_j · f_j(v),    f_j = log_softmax(logits_j)  (kind "logprob")  or  logits_j  (kind "value")
+    s(v) = Σ_j w_j · log_softmax(logits_j)(v) + u_j · logits_j(v)
 
 which covers every mode (notes/mage.md §1.5-1.6, Eq. 25; MOD Eq. 3 in its reverse-KL form):
 
     plain      log π_base(μ)                                   base: c = (1+α)B⁻¹μ over the backbones
     mage_i_m   log π_base + γ (log π*_merge − log π_ref)        π*_merge: Bone Soup c, π_ref: c = 0
-    mage_i     log π_base + γ Σ_i w_i (log π*_i − log π_ref)    π*_i: backbone i (one-hot c), Eq. 26
+    mage_i     log π_base + γ Σ_i w_i (log π*_i − log π_ref)    π*_i: Bone Soup backbone i (one-hot c), Eq. 26
     mage_e_m   log π_base + γ V_merge(x, y<t)[v]                V_merge: c = Σ_i w_i e_{V_i} (Eq. 24)
     mage_e     log π_base + γ Σ_i w_i V_i(x, y<t)[v]
-    mod        Σ_i w_i log π_i                                  π_i: expert i (one-hot c)
+    mod        Σ_i w_i log π_i                                  π_i: MOD expert i (one-hot c)
 
-Forward rows with the same (c, kind) are merged (weights add) unless ``shortcut`` is off: with π*_merge ≡
-π_base (same coefficients) mage_i_m becomes (1+γ) log π_base − γ log π_ref, two forward rows instead of
-three (mage.md §1.5). Rows of weight 0 are dropped, so γ = 0 is plain decoding exactly.
+Value models are residual heads (``value_models``): V(c) = logits(c) − logits(0), so an explicit mode's
+value rows (u = γ w_i) come with one W0 row c = 0 of u = −γ Σ_i w_i, shared by all value rows; where the
+plan already has a c = 0 row (π_ref) that one forward row serves both (its w and u add).
+
+Forward rows with the same c are merged (w and u add) unless ``shortcut`` is off: with π*_merge ≡ π_base
+(same coefficients) mage_i_m becomes (1+γ) log π_base − γ log π_ref, two forward rows instead of three
+(mage.md §1.5). Rows with w = u = 0 are dropped, so γ = 0 is plain decoding exactly.
 """
 
 from __future__ import annotations
@@ -35,11 +40,16 @@ EXPLICIT = ("mage_e_m", "mage_e")
 
 @dataclass(frozen=True)
 class Component:
-    """One forward row: coefficients c [m] over the adapter stack, its weight, and how its logits are read."""
+    """One forward row: coefficients c [m] over the adapter stack; it adds
+    ``weight`` · log_softmax(logits) + ``value`` · logits to the row's score (module docstring)."""
 
     c: tuple[float, ...]
-    weight: float
-    kind: str = "logprob"  # "logprob": log_softmax(logits); "value": logits read as Q-values (MAGE-E)
+    weight: float = 0.0  # w: on log-probabilities (π_base, π*, π_ref, MOD experts)
+    value: float = 0.0  # u: on raw logits (MAGE-E value rows and their W0 row, the residual head)
+
+    @property
+    def silent(self) -> bool:
+        return self.weight == 0 and self.value == 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,7 @@ def row_plan(
 
     ``base``: c of π_base; ``star``: c of π*_merge (mage_i_m); ``experts``: c of π*_i (mage_i) or of the MOD
     experts, weighted by ``expert_weights``; ``values``: c of each explicit value model, weighted by
-    ``value_weights`` (mage_e_m merges them into one c = Σ w_i c_i, Eq. 24).
+    ``value_weights`` (mage_e_m merges them into one c = Σ w_i c_i, Eq. 24), read as residuals against c = 0.
     """
     check_mode(mode)
     gamma = check_gamma(gamma)
@@ -130,30 +140,29 @@ def row_plan(
         w = list(value_weights) if value_weights is not None else [1.0 / len(values)] * len(values)
         if len(w) != len(values):
             raise ConfigError("mu", f"got {len(w)} weights for {len(values)} value models")
+        rows = list(zip(values, w, strict=True))
         if mode == "mage_e_m":
-            merged = np.sum(
-                [wi * np.asarray(v, dtype=np.float64) for v, wi in zip(values, w, strict=True)], 0
-            )
-            comps.append(Component(_vec(merged), gamma, "value"))
-        else:
-            comps += [Component(_vec(v), gamma * wi, "value") for v, wi in zip(values, w, strict=True)]
+            rows = [(np.sum([wi * np.asarray(v, dtype=np.float64) for v, wi in rows], 0), 1.0)]
+        comps += [Component(_vec(v), value=gamma * float(wi)) for v, wi in rows]
+        comps.append(Component(zero, value=-gamma * float(sum(wi for _, wi in rows))))  # residual: logits(W0)
     comps, base_idx = _simplify(comps, mode != "mod", shortcut)
     beam_value = "sum" if mode in IMPLICIT else "last" if mode in EXPLICIT else "logprob"
     return RowPlan(tuple(comps), base_idx, mode, beam_value)
 
 
 def _simplify(comps: list[Component], has_base: bool, merge: bool) -> tuple[list[Component], int | None]:
-    """Drop weight-0 rows (never the base) and, with ``merge``, add up rows with the same (c, kind)."""
+    """Drop rows with w = u = 0 (never the base) and, with ``merge``, add up rows with the same c."""
     out: list[Component] = []
     for j, comp in enumerate(comps):
         is_base = has_base and j == 0
-        if comp.weight == 0 and not is_base:
+        if comp.silent and not is_base:
             continue
-        same = next((i for i, o in enumerate(out) if merge and (o.c, o.kind) == (comp.c, comp.kind)), None)
+        same = next((i for i, o in enumerate(out) if merge and o.c == comp.c), None)
         if same is None:
             out.append(comp)
         else:
-            out[same] = Component(comp.c, out[same].weight + comp.weight, comp.kind)
+            o = out[same]
+            out[same] = Component(comp.c, o.weight + comp.weight, o.value + comp.value)
     return out, (0 if has_base else None)
 
 
@@ -162,8 +171,10 @@ class AdapterRoles:
     """Where the roles of MAGE/MOD sit in one adapter stack of ``m`` adapters (indices in objective order).
 
     ``backbones``: Stage-1 backbones (π_base = π*_merge = Σ c_i backbone_i with c = (1+α)B(β)⁻¹μ; β None:
-    Rewarded Soups); ``experts``: π*_i of mage_i and the MOD experts (default: the backbones), mixed with
-    ``expert_beta`` when ``ensemble_weights`` is ``bone_soup``; ``values``: explicit value adapters.
+    Rewarded Soups); ``experts``: π*_i of mage_i (Eq. 26; default: the backbones, with β); ``mod_experts``:
+    the π_i of MOD (e.g. the Rewarded Soups specialists; default: the backbones, with β). Ensemble weights
+    ``bone_soup`` mix them with ``expert_beta`` / ``mod_beta`` (None: RS, w = μ); ``values``: explicit value
+    adapters (residual heads, read against the c = 0 row).
     """
 
     m: int
@@ -172,6 +183,8 @@ class AdapterRoles:
     alpha: float = 0.0
     experts: list[int] | None = None
     expert_beta: float | None = None
+    mod_experts: list[int] | None = None
+    mod_beta: float | None = None
     values: list[int] | None = None
     star_alpha: float | None = None  # α of π*_merge (None: the base's α, so π*_merge ≡ π_base)
 
@@ -187,6 +200,11 @@ class AdapterRoles:
         c = np.zeros(self.m)
         c[list(idx)] = coeffs
         return c
+
+    def ensemble(self, mode: str) -> tuple[list[int], float | None]:
+        """(indices, β) of the experts ``mode`` mixes: MOD's π_i for ``mod``, else MAGE-I's π*_i."""
+        idx, beta = (self.mod_experts, self.mod_beta) if mode == "mod" else (self.experts, self.expert_beta)
+        return (self.backbones, self.beta) if idx is None else (idx, beta)
 
     def base(self, mu) -> np.ndarray:
         return self._over(self.backbones, merge_coefficients(mu, self.beta, self.alpha))
@@ -207,12 +225,11 @@ class AdapterRoles:
             mu = validate_preference(mu, len(self.backbones))
         except ValueError as e:
             raise ConfigError(path, str(e)) from e
-        experts = self.experts if self.experts is not None else self.backbones
+        experts, beta = self.ensemble(mode)
         if ensemble_weights not in ("mu", "bone_soup"):
             raise ConfigError(
                 "decoding.ensemble_weights", f"must be 'mu' or 'bone_soup', got {ensemble_weights!r}"
             )
-        beta = self.expert_beta if self.experts is not None else self.beta
         ew = merge_coefficients(mu, beta) if ensemble_weights == "bone_soup" else mu
         if mode in EXPLICIT and not self.values:
             raise ConfigError(

@@ -5,11 +5,11 @@
         model.generate(**enc, logits_processor=[GuidanceProcessor(model, plans, enc["attention_mask"])])
 
 ``generate`` computes the base rows (c = the plans' base coefficients); the processor runs the plans' other
-forward rows (π*, π_ref, value models) in one pass of the same mixed model with its own KV cache and
-returns s = w_base · log_softmax(scores) + Σ_j w_j f_j (plans.py), so greedy / sampling / warpers of
-``generate`` apply to the MAGE score. It fits every mode with a base (not ``mod``) and one row per prompt
-(no ``num_beams`` / ``num_return_sequences``). ``decoding.decode`` runs the same rule in one pass for all
-rows; this is for callers that want HF ``generate``.
+forward rows (π*, π_ref, value models and their W0 row) in one pass of the same mixed model with its own KV
+cache and returns s = w_base · log_softmax(scores) + Σ_j (w_j log_softmax(l_j) + u_j l_j) (plans.py), so
+greedy / sampling / warpers of ``generate`` apply to the MAGE score. It fits every mode with a base (not
+``mod``) and one row per prompt (no ``num_beams`` / ``num_return_sequences``). ``decoding.decode`` runs the
+same rule in one pass for all rows; this is for callers that want HF ``generate``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from transformers import LogitsProcessor
 
 from soupkitchen.config import ConfigError
 from soupkitchen.decoding.loop import RowBatch
-from soupkitchen.decoding.plans import RowPlan
+from soupkitchen.decoding.plans import Component, RowPlan
 
 
 def base_coefficients(plans: Sequence[RowPlan]) -> np.ndarray:
@@ -33,6 +33,14 @@ def base_coefficients(plans: Sequence[RowPlan]) -> np.ndarray:
     return np.array([p.components[p.base].c for p in plans], dtype=np.float64)
 
 
+def _guide_rows(plan: RowPlan) -> tuple[Component, ...]:
+    """The plan's forward rows but the base's log-probabilities (``generate`` computes those); a raw-logit
+    weight u merged into the base row (base c = 0 serving as the residual's W0) stays as a guidance row."""
+    base = plan.components[plan.base]
+    rest = tuple(c for j, c in enumerate(plan.components) if j != plan.base)
+    return (Component(base.c, value=base.value), *rest) if base.value else rest
+
+
 class GuidanceProcessor(LogitsProcessor):
     """s = w_base · log_softmax(base logits) + guidance rows (see module docstring)."""
 
@@ -40,9 +48,7 @@ class GuidanceProcessor(LogitsProcessor):
         base_coefficients(plans)
         self.model, self.mask = model, attention_mask
         self.base_weight = torch.tensor([p.components[p.base].weight for p in plans], dtype=torch.float32)
-        self.guides = [
-            RowPlan(tuple(c for j, c in enumerate(p.components) if j != p.base), None, p.mode) for p in plans
-        ]
+        self.guides = [RowPlan(_guide_rows(p), None, p.mode) for p in plans]
         self.rows: RowBatch | None = None
         self.seen = 0
 
