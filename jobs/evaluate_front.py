@@ -20,6 +20,7 @@ relative to plain decoding measured in the same run (costs.csv):
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def run(
     try:
         result = evaluate(plan, recipe, split=split)
         files = write_outputs(result, out, title=f"{recipe.name}: {', '.join(f.label for f in plan.fronts)}")
-        metrics = {f"{label}/{k}": v for label, m in result.metrics.items() for k, v in m.items() if v == v}
+        metrics = {
+            f"{label}/{k}": v for label, m in result.metrics.items() for k, v in m.items() if math.isfinite(v)
+        }
         metrics["eval_seconds"] = result.seconds
         metrics["generated_tokens_per_s"] = result.generated_tokens / max(result.seconds, 1e-9)
         metrics |= {f"{label}/{k}": v for label, c in result.costs.items() for k, v in c.items()}

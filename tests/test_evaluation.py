@@ -78,7 +78,7 @@ def test_mixed_batches_equal_each_method_evaluated_alone(evaluated, greedy_run):
     plan, _, (model, tok) = evaluated
     recipe, together = greedy_run
     rs = next(f for f in plan.fronts if f.label == "rewarded_soups")
-    alone = type(plan)(plan.objectives, plan.adapters, plan.names, plan.lora, [rs])  # same stack, RS rows
+    alone = type(plan)(plan.objectives, plan.adapters, plan.names, plan.lora, [rs], plan.space)  # RS rows
     solo = evaluate(alone, recipe, model=model, tokenizer=tok, progress=False)
     np.testing.assert_allclose(solo.points["rewarded_soups"], together.points["rewarded_soups"], atol=1e-9)
 
@@ -106,6 +106,11 @@ def test_evaluate_front_job_writes_table_csv_plot_and_mlflow(tiny_policies, tmp_
     with (out / "metrics.csv").open() as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"bone_soup", "rewarded_soups", "morlhf", "sft"}
+    bs = rows["bone_soup"]  # every compared number carries its interval, and the reference point is stated
+    for key in ("hypervolume", "controllability", "hv_ratio_vs_rewarded_soups", "hv_ratio_vs_sft"):
+        assert float(bs[f"{key}_lo"]) <= float(bs[f"{key}_hi"]), key
+    assert (bs["ref_warm"], bs["ref_calm"], bs["prompts"]) == ("0.0", "0.0", "4")
+    assert "hypervolume ratio bone_soup/sft" in printed and "paired bootstrap over 4 prompts" in printed
     with (out / "points.csv").open() as f:
         points = list(csv.DictReader(f))
     assert len(points) == 11 + 11 + 1 + 1 and {"mu_warm", "reward_calm", "c_bone_soup-0"} <= set(points[0])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from soupkitchen.bootstrap import paired_bootstrap
-from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.config import ConfigError, load_recipe, to_dict
 from soupkitchen.merging import load_bundle
 from soupkitchen.search import best, beta_specs, results_table, short_steps
 from tests.test_train_backbones import _logs, _wait
@@ -149,3 +149,36 @@ def test_results_table_of_old_rows_without_intervals():
     )
     assert results_table(rows[:1], ["alpha"]).splitlines()[-1] == "winner alpha=0: no runner-up"
     assert best(rows) is rows[1]
+
+
+class _Shifted:
+    """The tiny rewards with a constant added: the same front moved up by ``delta`` on every objective."""
+
+    def __init__(self, rewards, delta: float):
+        self.rewards, self.delta = rewards, delta
+
+    def score(self, prompts, responses):
+        return self.rewards.score(prompts, responses) + self.delta
+
+
+def test_trials_with_shifted_fronts_get_different_scores_against_the_shared_reference_point(tiny_policies):
+    """A reference point computed from each trial's own points (worst point − 10%) is shift-invariant and would
+    score these two trials alike; the search's one reference point ranks the shifted front higher."""
+    from soupkitchen.evaluation import build_plan, load_mixed, read_source
+    from soupkitchen.rewards import build_rewards
+    from soupkitchen.search import evaluate_config
+
+    _, trained = tiny_policies
+    recipe = load_recipe("tiny", {"eval.num_prompts": 4, "eval.bootstrap_samples": 200})
+    source = trained["manifests"]["bone_soup"]
+    plan = build_plan(recipe, {"bone_soup": read_source(source, "bone_soup")}, include_sft=False)
+    model, tok = load_mixed(plan, recipe)
+    key = tuple(str(p) for p in plan.adapters)
+    rewards = build_rewards(recipe.rewards)
+    config = {"recipe": to_dict(recipe), "source": str(source), "alpha": 0.0, "label": "t"}
+    scores = {}
+    for delta in (0.0, 0.05):
+        scores[delta] = evaluate_config(config, {key: (model, tok, _Shifted(rewards, delta))})
+    assert scores[0.05]["hypervolume"] > scores[0.0]["hypervolume"] + 0.01
+    assert scores[0.0]["hypervolume_lo"] <= scores[0.0]["hypervolume_hi"]
+    assert len(json.loads(scores[0.0]["hypervolume_reps"])) == 200  # paired with every other trial's

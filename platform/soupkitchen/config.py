@@ -222,11 +222,14 @@ class SoupConfig:
 
 @dataclass
 class EvalConfig:
-    """Front evaluation over the preference grid."""
+    """Front evaluation over the preference grid. Points, the reference point and every metric are in the
+    run's reward space (``reward_space``: z = (r − m) / s); intervals by a paired bootstrap over prompts."""
 
     grid_step: float = _num(0.1, 0.0, 1.0, lo_open=True)
-    ref_point: list[float] | None = None
-    num_prompts: int = _num(16, 1, None)
+    ref_point: list[float] | None = None  # in z units; None: −1 each (one SFT std below SFT's mean)
+    num_prompts: int | None = _num(None, 1, None)  # None: every prompt of the split (data.max_eval_prompts)
+    bootstrap_samples: int = _num(1000, 1, None)  # paired bootstrap replicates over prompts
+    confidence: float = _num(0.95, 0.0, 1.0, lo_open=True, hi_open=True)  # of every reported interval
     batch_size: int = _num(16, 1, None)
     greedy: bool = True
     samples_per_prompt: int = _num(1, 1, None)  # sampled responses per prompt and μ (greedy: 1)

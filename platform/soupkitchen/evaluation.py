@@ -14,9 +14,15 @@ shared list of LoRA adapters (all methods' backbones, deduplicated by file):
                      Soups backbones when given, else the base's backbones
 
 All rows of all methods run through one mixed model (``merging.build_mixed_model``) with per-row c, in
-batches ordered by prompt, so every method sees the same prompts, decoding settings and batch shapes. A
-point's score is the mean raw reward per objective over the evaluation prompts; ``front_metrics`` scores
-each method's points against the recipe's reference point.
+batches ordered by prompt, so every method sees the same prompts, decoding settings and batch shapes.
+
+Every source must have been trained in the same reward space (``soupkitchen.reward_space``: the run's
+frozen z = (r − m) / s); points, the reference point and every metric are in that space (``points``),
+with the raw rewards kept beside them (``raw_points``). A point's score is the mean z per objective over
+the evaluation prompts (and their samples); ``front_metrics`` scores each method against one reference
+point (``eval.ref_point``, default −1 per objective: one SFT standard deviation below SFT's calibration
+mean, the same for every run of one space), and a paired bootstrap over prompts (``soupkitchen.bootstrap``:
+one resample for all methods) gives every metric and every HV ratio its interval.
 
     sources = {"bone_soup": read_source("runs/demo-bs/manifest.json"), ...}
     plan = build_plan(recipe, sources)
@@ -38,9 +44,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soupkitchen.bootstrap import BootstrapResult, paired_bootstrap
 from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, read_format, to_dict
 from soupkitchen.metrics import METRIC_KEYS, front_metrics
 from soupkitchen.preferences import backbone_weights, merge_coefficients, preference_grid
+from soupkitchen.reward_space import RewardSpace
+
+DEFAULT_REF = -1.0  # per objective, in z units, when eval.ref_point is unset
+INTERVAL_KEYS = ("hypervolume", "inner_product", "controllability")  # metrics with bootstrap intervals
 
 SOURCE_METHODS = ("bone_soup", "rewarded_soups", "morlhf")
 
@@ -58,6 +69,7 @@ class BackboneSource:
     adapters: list[Path]
     lora: list  # one LoraConfig / LoraSpec per adapter
     model: dict | None  # the ModelConfig (as dict) the backbones were trained on, when recorded
+    space: RewardSpace  # the reward space the backbones were trained in
 
 
 @dataclass
@@ -75,15 +87,19 @@ class EvalPlan:
     names: list[str]
     lora: list
     fronts: list[MethodFront]
+    space: RewardSpace  # shared by every source: points and metrics live in it
 
 
 @dataclass
 class EvalResult:
     plan: EvalPlan
-    ref_point: list[float]
-    points: dict[str, np.ndarray]  # label → [k, n] mean raw reward per objective
+    ref_point: list[float]  # in the reward space (z units)
+    points: dict[str, np.ndarray]  # label → [k, n] mean z per objective
+    raw_points: dict[str, np.ndarray]  # label → [k, n] mean raw reward per objective
     lengths: dict[str, np.ndarray]  # label → [k] mean response length (words)
-    metrics: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, float]]  # front_metrics + <key>_lo/_hi + hv_ratio_vs_<den>[_lo/_hi]
+    intervals: BootstrapResult | None = None
+    prompts: int = 0
     samples: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     generated_tokens: int = 0
@@ -126,6 +142,7 @@ def read_source(path: str | Path, method: str | None = None, flag: str | None = 
         adapters=files,
         lora=[lora] * len(files),
         model=recipe.get("model"),
+        space=RewardSpace.of_manifest(doc, flag),
     )
 
 
@@ -149,7 +166,32 @@ def _from_bundle(path: Path, method: str | None, flag: str) -> BackboneSource:
         adapters=[path / f"adapters/{name}.safetensors" for name in b.names],
         lora=list(b.lora),
         model=b.base.get("model"),
+        space=b.reward_space or _space_of_normalization(b.objectives, b.normalization),
     )
+
+
+def _space_of_normalization(objectives: list[str], norm: dict) -> RewardSpace:
+    """A bundle written before reward spaces were recorded: its ``normalization`` is the space."""
+    space = RewardSpace.identity(objectives)
+    space.kinds = ["fixed"] * len(objectives)
+    space.mean = [float(norm[o]["mean"]) for o in objectives]
+    space.std = [float(norm[o]["std"]) for o in objectives]
+    space.source = "bundle normalization"
+    return space
+
+
+def shared_space(sources: dict[str, BackboneSource]) -> RewardSpace:
+    """The one reward space of all sources; sources trained in different spaces cannot be compared."""
+    (first, a), *rest = sources.items()
+    for method, src in rest:
+        if not src.space.same_as(a.space):
+            raise ConfigError(
+                f"--{method.replace('_', '-')}",
+                f"was trained in another reward space ({src.space.describe()}) than "
+                f"--{first.replace('_', '-')} ({a.space.describe()}): their fronts and hypervolumes are not "
+                "comparable; train every method in one run (jobs/compare.py) or in one reward_space.json",
+            )
+    return a.space
 
 
 def _check_source(recipe: Recipe, src: BackboneSource, flag: str) -> None:
@@ -236,7 +278,8 @@ def build_plan(
         raise ConfigError(
             "methods", "nothing to evaluate: give at least one of --bone-soup/--rewarded-soups/--morlhf"
         )
-    return EvalPlan(list(recipe.objectives), adapters, names, lora, fronts)
+    space = shared_space(sources) if sources else RewardSpace.identity(recipe.objectives)  # SFT alone: raw
+    return EvalPlan(list(recipe.objectives), adapters, names, lora, fronts, space)
 
 
 def _stack_values(
@@ -266,7 +309,10 @@ def _stack_values(
 
 
 def guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma) -> list[MethodFront]:
-    """One front per guided mode (module docstring); the point at μ decodes ``roles.plan(mode, μ, γ)``."""
+    """One front per guided mode (module docstring); the point at μ decodes ``roles.plan(mode, μ, γ)``.
+
+    π_base and MAGE-I's π*_i (Eq. 26) are the base's Stage-1 backbones (Bone Soup, with its β); MOD's experts
+    are the Rewarded Soups specialists when given, else the same backbones."""
     from soupkitchen.config import DECODING_MODES
     from soupkitchen.decoding import AdapterRoles, check_gamma
 
@@ -281,14 +327,12 @@ def guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma) -> lis
     if base is None:
         raise ConfigError("--modes", "guided modes need a base: pass --bone-soup (or --rewarded-soups)")
     beta = sources[base].beta if base == "bone_soup" else None
-    experts = "rewarded_soups" if "rewarded_soups" in sources else base
     roles = AdapterRoles(
         m,
         placed[base],
         beta,
         recipe.soup.alpha,
-        experts=placed[experts],
-        expert_beta=sources[experts].beta if experts == "bone_soup" else None,
+        mod_experts=placed.get("rewarded_soups"),  # None: MOD mixes the base's backbones
         values=values,
     )
     dec = recipe.decoding
@@ -322,12 +366,11 @@ def load_mixed(plan: EvalPlan, recipe: Recipe, device: str = "cpu"):
     return model, tokenizer
 
 
-def default_ref_point(points: dict[str, np.ndarray]) -> list[float]:
-    """Without ``eval.ref_point``: per objective, the worst mean reward of all methods minus 10% of the range
-    (shared by all methods of the run, so their hypervolumes compare; not comparable across runs)."""
-    allp = np.concatenate(list(points.values()))
-    lo, hi = allp.min(0), allp.max(0)
-    return [float(v) for v in lo - 0.1 * np.maximum(hi - lo, 1e-6)]
+def ref_point(recipe: Recipe) -> list[float]:
+    """The reference point of every hypervolume: ``eval.ref_point`` or ``DEFAULT_REF`` per objective (z units;
+    never computed from the points being scored, so fronts of different runs and trials compare)."""
+    n = len(recipe.objectives)
+    return list(recipe.eval.ref_point) if recipe.eval.ref_point is not None else [DEFAULT_REF] * n
 
 
 @torch.no_grad()
@@ -374,7 +417,7 @@ def evaluate(
     guided = [
         (f, k) for f, fr in enumerate(plan.fronts) if fr.plans is not None for k in range(len(fr.plans))
     ]
-    sums = {cell: np.zeros(n) for cell in cells + guided}
+    sums = {cell: np.zeros((len(records), n)) for cell in cells + guided}  # per prompt: paired bootstrap
     words = {cell: 0.0 for cell in cells + guided}
     samples, tokens = [], 0
     fmt = lambda p: format_prompt(tokenizer, p, recipe.model.use_chat_template)  # noqa: E731
@@ -383,7 +426,7 @@ def evaluate(
         """Score one batch of (prompt, sample, cell) rows and add them to their points."""
         scores = np.asarray(rewards.score([records[p].context for p, _, _ in chunk], texts), dtype=np.float64)
         for (p, rep, cell), text, score in zip(chunk, texts, scores, strict=True):
-            sums[cell] += score
+            sums[cell][p] += score
             words[cell] += len(text.split())
             if p < keep_samples and rep == 0:
                 fr = plan.fronts[cell[0]]
@@ -427,13 +470,44 @@ def evaluate(
     seconds += sum(c["seconds"] for c in costs.values())
     tokens += int(sum(c["tokens"] for c in costs.values()))
     count = len(records) * reps
-    points, lengths = {}, {}
+    per_prompt, raw_points, lengths = {}, {}, {}
     for f, fr in enumerate(plan.fronts):
-        points[fr.label] = np.stack([sums[(f, k)] / count for k in range(len(fr.preferences))])
+        raw = np.stack([sums[(f, k)] / reps for k in range(len(fr.preferences))], axis=1)  # [P, k, n]
+        per_prompt[fr.label] = plan.space.normalize(raw)
+        raw_points[fr.label] = raw.mean(0)
         lengths[fr.label] = np.array([words[(f, k)] / count for k in range(len(fr.preferences))])
-    ref = list(recipe.eval.ref_point) if recipe.eval.ref_point is not None else default_ref_point(points)
-    metrics = {fr.label: front_metrics(points[fr.label], fr.preferences, ref) for fr in plan.fronts}
-    return EvalResult(plan, ref, points, lengths, metrics, samples, seconds, tokens, costs)
+    ref = ref_point(recipe)
+    ev = recipe.eval
+    intervals = paired_bootstrap(
+        per_prompt,
+        {fr.label: fr.preferences for fr in plan.fronts},
+        ref,
+        samples=ev.bootstrap_samples,
+        confidence=ev.confidence,
+        seed=recipe.seed,
+        metric_keys=INTERVAL_KEYS,
+    )
+    points = intervals.points
+    metrics = {}
+    for fr in plan.fronts:
+        m = front_metrics(points[fr.label], fr.preferences, ref)
+        for k, v in intervals.point[fr.label].items():
+            m |= {k: v, f"{k}_lo": intervals.lo[fr.label][k], f"{k}_hi": intervals.hi[fr.label][k]}
+        metrics[fr.label] = m
+    return EvalResult(
+        plan,
+        ref,
+        points,
+        raw_points,
+        lengths,
+        metrics,
+        intervals,
+        len(records),
+        samples,
+        seconds,
+        tokens,
+        costs,
+    )
 
 
 def _decode_guided(plan, recipe, model, tokenizer, records, guided, fmt, device, tally, progress):
@@ -488,31 +562,48 @@ def _decode_guided(plan, recipe, model, tokenizer, records, guided, fmt, device,
     return costs
 
 
-def hypervolume_ratios(result: EvalResult) -> dict[str, float]:
-    """HV(each Bone Soup variant) / HV(each baseline present), e.g. ``{"bone_soup/rewarded_soups": 1.1}``."""
-    hv = {k: v["hypervolume"] for k, v in result.metrics.items()}
+RATIO_PREFIX = "hv_ratio_vs_"
+
+
+def hypervolume_ratios(result: EvalResult) -> dict[str, tuple[float, float, float]]:
+    """``{"bone_soup/sft": (ratio, lo, hi)}``: HV(method) / HV(baseline) with its paired-bootstrap interval,
+    for every method against each baseline after it (``bootstrap.default_ratios``)."""
     out = {}
-    for bs in (k for k in hv if k.startswith("bone_soup")):
-        for base in ("rewarded_soups", "morlhf", "sft"):
-            if base in hv:
-                out[f"{bs}/{base}"] = hv[bs] / hv[base] if hv[base] > 0 else math.inf
-    for guided in result.costs:
-        for base in ("bone_soup", "rewarded_soups"):
-            if base in hv:
-                out[f"{guided}/{base}"] = hv[guided] / hv[base] if hv[base] > 0 else math.inf
+    for label, m in result.metrics.items():
+        for key in (k for k in m if k.startswith(RATIO_PREFIX) and not k.endswith(("_lo", "_hi"))):
+            out[f"{label}/{key.removeprefix(RATIO_PREFIX)}"] = (m[key], m[f"{key}_lo"], m[f"{key}_hi"])
     return out
 
 
+def _cell(m: dict, key: str) -> str:
+    """``value [lo, hi]`` when the metric has an interval, else the value."""
+    if f"{key}_lo" in m:
+        return f"{m[key]:.4g} [{m[key + '_lo']:.3g}, {m[key + '_hi']:.3g}]"
+    return f"{m[key]:.4g}"
+
+
 def format_table(result: EvalResult) -> str:
-    """Console table: one row per method with the front metrics (main ones first)."""
+    """Console table: one row per method, front metrics with their intervals, then the HV ratios."""
     keys = ("hypervolume", "inner_product", "controllability", "front_length", "sparsity", "spacing")
-    head = f"{'method':<18}{'points':>7}" + "".join(f"{k:>17}" for k in keys)
-    lines = [head, "-" * len(head)]
-    for fr in result.plan.fronts:
-        m = result.metrics[fr.label]
-        lines.append(f"{fr.label:<18}{len(fr.preferences):>7}" + "".join(f"{m[k]:>17.4g}" for k in keys))
-    lines.append(f"reference point {result.ref_point}; objectives {result.plan.objectives}")
-    lines += [f"hypervolume ratio {k}: {v:.3f}" for k, v in hypervolume_ratios(result).items()]
+    rows = [
+        [fr.label, str(len(fr.preferences)), *(_cell(result.metrics[fr.label], k) for k in keys)]
+        for fr in result.plan.fronts
+    ]
+    head = ["method", "points", *keys]
+    widths = [max(len(r[i]) for r in [head, *rows]) + 2 for i in range(len(head))]
+
+    def fmt(r):
+        return r[0].ljust(widths[0]) + "".join(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))
+
+    lines = [fmt(head), "-" * sum(widths), *map(fmt, rows)]
+    conf = f"{result.intervals.confidence:.0%}" if result.intervals else "95%"
+    lines.append(
+        f"[lo, hi]: {conf} paired bootstrap over {result.prompts} prompts; all metrics in z units against "
+        f"reference point {[round(v, 4) for v in result.ref_point]}"
+    )
+    lines.append(result.plan.space.describe())
+    for k, (v, lo, hi) in hypervolume_ratios(result).items():
+        lines.append(f"hypervolume ratio {k}: {v:.3f} [{lo:.3f}, {hi:.3f}]" + _verdict(lo, hi))
     for label, c in result.costs.items():
         ratio = c.get("cost_per_token_vs_plain", math.nan)
         lines.append(
@@ -522,13 +613,39 @@ def format_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
+def _verdict(lo: float, hi: float) -> str:
+    if lo > 1:
+        return "  (above 1)"
+    if hi < 1:
+        return "  (below 1)"
+    return "  (interval contains 1: not separated)"
+
+
+def metric_columns(result: EvalResult) -> list[str]:
+    """metrics.csv columns after ``method``/``points``: each metric (with ``_lo``/``_hi`` where it has an
+    interval), then every ``hv_ratio_vs_<den>`` with its bounds."""
+    keys = [
+        *METRIC_KEYS,
+        *sorted({k for m in result.metrics.values() for k in m if k.startswith(RATIO_PREFIX)}),
+    ]
+    cols = []
+    for k in keys:
+        if k.endswith(("_lo", "_hi")):
+            continue
+        cols.append(k)
+        if any(f"{k}_lo" in m for m in result.metrics.values()):
+            cols += [f"{k}_lo", f"{k}_hi"]
+    return cols
+
+
 def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
-    """points.csv (method, μ, c, mean rewards, length), metrics.csv, front.png, samples.jsonl."""
+    """points.csv (method, μ, c, mean z and raw rewards with the z bounds, length), metrics.csv (one row per
+    method, intervals, the reference point), front.png (z units, error bars), samples.jsonl."""
     from soupkitchen.plotting import pareto_plot
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    objs, plan = result.plan.objectives, result.plan
+    objs, plan, iv = result.plan.objectives, result.plan, result.intervals
     paths = {
         "points": out / "points.csv",
         "metrics": out / "metrics.csv",
@@ -543,10 +660,13 @@ def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = N
                 *(f"mu_{o}" for o in objs),
                 *(f"c_{a}" for a in plan.names),
                 *(f"reward_{o}" for o in objs),
+                *(f"reward_{o}_{b}" for o in objs for b in ("lo", "hi")),
+                *(f"raw_{o}" for o in objs),
                 "response_words",
             ]
         )
         for fr in plan.fronts:
+            lo, hi = iv.point_lo[fr.label], iv.point_hi[fr.label]
             for k, mu in enumerate(fr.preferences):
                 w.writerow(
                     [
@@ -554,16 +674,28 @@ def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = N
                         *mu.round(6),
                         *fr.coefficients[k].round(6),
                         *result.points[fr.label][k].round(6),
+                        *(round(float(v), 6) for j in range(len(objs)) for v in (lo[k, j], hi[k, j])),
+                        *result.raw_points[fr.label][k].round(6),
                         round(float(result.lengths[fr.label][k]), 2),
                     ]
                 )
+    cols = metric_columns(result)
     with paths["metrics"].open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "points", *METRIC_KEYS])
+        w.writerow(["method", "points", *cols, *(f"ref_{o}" for o in objs), "prompts"])
         for fr in plan.fronts:
-            w.writerow([fr.label, len(fr.preferences), *(result.metrics[fr.label][k] for k in METRIC_KEYS)])
+            m = result.metrics[fr.label]
+            w.writerow(
+                [
+                    fr.label,
+                    len(fr.preferences),
+                    *(m.get(k, "") for k in cols),
+                    *result.ref_point,
+                    result.prompts,
+                ]
+            )
     fronts = {fr.label: (result.points[fr.label], fr.preferences) for fr in plan.fronts}
-    pareto_plot(fronts, paths["plot"], objs, title=title)
+    pareto_plot(fronts, paths["plot"], [f"{o} (z)" for o in objs], title=title, errors=iv.errors())
     with paths["samples"].open("w") as f:
         for s in result.samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")

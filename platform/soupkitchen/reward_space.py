@@ -267,7 +267,7 @@ def check_shared_space(recipe: Recipe, weights: list[list[float]]) -> None:
                 f"rewards.{j}.normalization.kind",
                 "'running' statistics differ between the policies of a soup, so a backbone weight w would "
                 "mean something else in each policy: use 'calibrated' (frozen from SFT rollouts before "
-                "training, the default) or 'fixed'",
+                "training) or 'fixed'",
             )
 
 

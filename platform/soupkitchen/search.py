@@ -217,10 +217,12 @@ def evaluate_config(config: dict, cache: dict) -> dict:
         result = evaluate(
             plan, recipe, split="validation", model=model, tokenizer=tok, rewards=rewards, progress=False
         )
-        metrics = dict(result.metrics[target])
+        metrics = dict(result.metrics[target]) | result.intervals.row(target)  # + hypervolume_reps (pairing)
         params = {k: config[k] for k in ("beta", "alpha", "gamma", "mode") if k in config}
         logger.client.log_batch(logger.run_id, params=_params(params))
-        logger.log_metrics({k: v for k, v in metrics.items() if v == v}, 0)
+        logger.log_metrics(
+            {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}, 0
+        )
         with tempfile.TemporaryDirectory() as tmp:
             files = write_outputs(result, tmp, title=f"{recipe.name} {params}")
             for f in (files["plot"], files["points"]):
@@ -229,7 +231,8 @@ def evaluate_config(config: dict, cache: dict) -> dict:
         logger.finish("FAILED")
         raise
     logger.finish()
-    return {**{k: (v if v == v else -1.0) for k, v in metrics.items()}, "mlflow_run_id": logger.run_id}
+    clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else -1.0) for k, v in metrics.items()}
+    return clean | {"mlflow_run_id": logger.run_id}
 
 
 def _params(params: dict):
