@@ -162,8 +162,8 @@ class _Shifted:
 
 
 def test_trials_with_shifted_fronts_get_different_scores_against_the_shared_reference_point(tiny_policies):
-    """A reference point computed from each trial's own points (worst point − 10%) is shift-invariant and would
-    score these two trials alike; the search's one reference point ranks the shifted front higher."""
+    """A reference point computed from each trial's own points (worst point − 10%) is shift-invariant and
+    would score these two trials alike; the search's one reference point ranks the shifted front higher."""
     from soupkitchen.evaluation import build_plan, load_mixed, read_source
     from soupkitchen.rewards import build_rewards
     from soupkitchen.search import evaluate_config

@@ -32,7 +32,6 @@ one resample for all methods) gives every metric and every HV ratio its interval
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -373,6 +372,27 @@ def ref_point(recipe: Recipe) -> list[float]:
     return list(recipe.eval.ref_point) if recipe.eval.ref_point is not None else [DEFAULT_REF] * n
 
 
+def eval_settings(recipe: Recipe):
+    """The decoding settings of every evaluated row: greedy if ``eval.greedy``, else the training sampling
+    settings (``generation``), with ``decoding``'s guidance options."""
+    from soupkitchen.decoding import DecodeSettings
+
+    gen = recipe.generation
+    return dataclasses.replace(
+        DecodeSettings.from_config(recipe.decoding, gen, recipe.seed),
+        greedy=recipe.eval.greedy,
+        temperature=gen.temperature,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+    ).check()
+
+
+def row_seed(seed: int, prompt: int, sample: int) -> int:
+    """The sampling seed of (prompt, sample), the same for every method and μ: common random numbers, so
+    two points differ by their coefficients, not by their draws (inverse-CDF sampling couples them)."""
+    return (seed * 1_000_003 + prompt * 10_007 + sample) % (2**63 - 1)
+
+
 @torch.no_grad()
 def evaluate(
     plan: EvalPlan,
@@ -386,17 +406,19 @@ def evaluate(
     progress: bool = True,
     keep_samples: int = 2,
 ) -> EvalResult:
-    """Generate for every (method, μ, prompt) row, score every objective, average per point, front metrics.
+    """Generate for every (method, μ, prompt, sample) row, score every objective, average per point in the
+    run's reward space, front metrics with paired-bootstrap intervals.
 
     ``model``/``tokenizer`` (from ``load_mixed``) and ``rewards`` can be passed to reuse them across calls.
-    Decoding: greedy if ``eval.greedy`` else the recipe's sampling settings, seeded by ``recipe.seed``.
+    Every row decodes through ``decoding.decode`` (plain fronts as one-component plans) with the seed of
+    its (prompt, sample) (``row_seed``). Plain fronts share batches ordered by prompt; each guided front
+    runs in batches of its own, so its cost per token is timed against the plain fronts' in the same loop.
     ``keep_samples`` responses per point are kept in ``samples`` for inspection.
     """
     from tqdm.auto import tqdm
 
     from soupkitchen.data import load_prompt_records
-    from soupkitchen.generation import generate_batch
-    from soupkitchen.merging import use_coefficients
+    from soupkitchen.decoding import Component, RowPlan, decode
     from soupkitchen.models import format_prompt, resolve_device
     from soupkitchen.rewards import build_rewards
 
@@ -407,68 +429,78 @@ def evaluate(
     records = load_prompt_records(recipe.data, split)[: recipe.eval.num_prompts]
     if not records:
         raise ConfigError("data", f"no {split} prompts to evaluate on")
-    # Rows ordered by prompt: a batch shares one prompt length (little padding) and mixes many c vectors.
-    cells = [
-        (f, k) for f, fr in enumerate(plan.fronts) if fr.plans is None for k in range(len(fr.preferences))
+    n, reps, bs = len(plan.objectives), recipe.eval.samples_per_prompt, recipe.eval.batch_size
+    settings = eval_settings(recipe)
+    plans = [
+        fr.plans or [RowPlan((Component(tuple(map(float, c)), 1.0),), base=0) for c in fr.coefficients]
+        for fr in plan.fronts
     ]
-    reps = recipe.eval.samples_per_prompt
-    rows = [(p, s, cell) for p in range(len(records)) for s in range(reps) for cell in cells]
-    n = len(plan.objectives)
-    guided = [
-        (f, k) for f, fr in enumerate(plan.fronts) if fr.plans is not None for k in range(len(fr.plans))
-    ]
-    sums = {cell: np.zeros((len(records), n)) for cell in cells + guided}  # per prompt: paired bootstrap
-    words = {cell: 0.0 for cell in cells + guided}
-    samples, tokens = [], 0
+    # Plain rows ordered by prompt (a batch shares one prompt length and mixes many c); guided per front.
+    groups = [[(f, k) for f, fr in enumerate(plan.fronts) if fr.plans is None for k in range(len(plans[f]))]]
+    groups += [[(f, k) for k in range(len(plans[f]))] for f, fr in enumerate(plan.fronts) if fr.plans]
+    sums = {cell: np.zeros((len(records), n)) for group in groups for cell in group}  # per prompt: bootstrap
+    words = dict.fromkeys(sums, 0.0)
+    samples, timing = [], {}
     fmt = lambda p: format_prompt(tokenizer, p, recipe.model.use_chat_template)  # noqa: E731
-
-    def tally(chunk, texts):
-        """Score one batch of (prompt, sample, cell) rows and add them to their points."""
-        scores = np.asarray(rewards.score([records[p].context for p, _, _ in chunk], texts), dtype=np.float64)
-        for (p, rep, cell), text, score in zip(chunk, texts, scores, strict=True):
-            sums[cell][p] += score
-            words[cell] += len(text.split())
-            if p < keep_samples and rep == 0:
-                fr = plan.fronts[cell[0]]
-                samples.append(
-                    {
-                        "method": fr.label,
-                        "mu": fr.preferences[cell[1]].tolist(),
-                        "prompt": records[p].prompt,
-                        "response": text,
-                        "rewards": dict(zip(plan.objectives, score.tolist(), strict=True)),
-                    }
-                )
-
-    torch.manual_seed(recipe.seed)
-    bs = recipe.eval.batch_size
-    t0, gen_seconds = time.perf_counter(), 0.0
-    for start in tqdm(range(0, len(rows), bs), desc="evaluate front", disable=not progress, unit="batch"):
-        chunk = rows[start : start + bs]
-        c = np.stack([plan.fronts[f].coefficients[k] for _, _, (f, k) in chunk])
-        t_gen = time.perf_counter()
-        with use_coefficients(model, c) if plan.adapters else contextlib.nullcontext():
-            g = generate_batch(
+    t0 = time.perf_counter()
+    for group in groups:
+        if not group:
+            continue
+        label = plan.fronts[group[0][0]].label if plan.fronts[group[0][0]].plans else "plain"
+        rows = [(p, s, cell) for p in range(len(records)) for s in range(reps) for cell in group]
+        seconds, tokens, width = 0.0, 0, 0
+        for start in tqdm(
+            range(0, len(rows), bs), desc=f"evaluate {label}", disable=not progress, unit="batch"
+        ):
+            chunk = rows[start : start + bs]
+            out = decode(
                 model,
                 tokenizer,
                 [records[p].prompt for p, _, _ in chunk],
-                recipe.generation,
+                [plans[f][k] for _, _, (f, k) in chunk],
+                # The chunk-level beam takes one setting per batch (and one generator); rows otherwise
+                # sample with their own (prompt, sample) seed.
+                settings
+                if settings.beam_width
+                else [dataclasses.replace(settings, seed=row_seed(recipe.seed, p, s)) for p, s, _ in chunk],
                 format_prompt=fmt,
                 max_prompt_tokens=recipe.model.max_prompt_tokens,
                 device=device,
-                do_sample=not recipe.eval.greedy,
+                generator=torch.Generator().manual_seed(recipe.seed + start) if settings.beam_width else None,
             )
-        gen_seconds += time.perf_counter() - t_gen
-        tokens += int(g.response_mask.sum())
-        tally(chunk, g.texts)
+            seconds, tokens, width = (
+                seconds + out.seconds,
+                tokens + out.generated_tokens,
+                width + out.forward_rows,
+            )
+            scores = np.asarray(rewards.score([records[p].context for p, _, _ in chunk], out.texts))
+            for (p, s, cell), text, score in zip(chunk, out.texts, scores, strict=True):
+                sums[cell][p] += score
+                words[cell] += len(text.split())
+                if p < keep_samples and s == 0:
+                    fr = plan.fronts[cell[0]]
+                    samples.append(
+                        {
+                            "method": fr.label,
+                            "mu": fr.preferences[cell[1]].tolist(),
+                            "prompt": records[p].prompt,
+                            "response": text,
+                            "rewards": dict(zip(plan.objectives, score.tolist(), strict=True)),
+                        }
+                    )
+        timing[label] = {
+            "seconds": seconds,
+            "tokens": float(tokens),
+            "seconds_per_token": seconds / max(tokens, 1),
+            "forward_rows_per_row": width / len(rows),
+        }
     seconds = time.perf_counter() - t0
-    costs = _decode_guided(plan, recipe, model, tokenizer, records, guided, fmt, device, tally, progress)
-    if costs and tokens:  # generation time only (no reward scoring) on both sides
-        for c in costs.values():
-            c["plain_seconds_per_token"] = gen_seconds / tokens
-            c["cost_per_token_vs_plain"] = c["seconds_per_token"] / (gen_seconds / tokens)
-    seconds += sum(c["seconds"] for c in costs.values())
-    tokens += int(sum(c["tokens"] for c in costs.values()))
+    plain = timing.pop("plain", None)
+    if plain:  # generation time only (no reward scoring) on both sides, one decoding loop
+        for c in timing.values():
+            c["plain_seconds_per_token"] = plain["seconds_per_token"]
+            c["cost_per_token_vs_plain"] = c["seconds_per_token"] / plain["seconds_per_token"]
+    tokens = int(sum(c["tokens"] for c in timing.values()) + (plain["tokens"] if plain else 0))
     count = len(records) * reps
     per_prompt, raw_points, lengths = {}, {}, {}
     for f, fr in enumerate(plan.fronts):
@@ -506,60 +538,8 @@ def evaluate(
         samples,
         seconds,
         tokens,
-        costs,
+        timing,
     )
-
-
-def _decode_guided(plan, recipe, model, tokenizer, records, guided, fmt, device, tally, progress):
-    """Decode the guided fronts' rows (``decoding.decode``), one front per batch so each mode is timed on
-    its own, with the evaluation's decoding settings (``eval.greedy``, ``generation``) and
-    ``decoding.guide_top_k`` / beam. Returns label → {seconds, tokens, seconds_per_token, forward rows}."""
-    from tqdm.auto import tqdm
-
-    from soupkitchen.decoding import DecodeSettings, decode
-
-    if not guided:
-        return {}
-    gen, dec = recipe.generation, recipe.decoding
-    settings = dataclasses.replace(  # the evaluation's sampling settings, as for the plain fronts
-        DecodeSettings.from_config(dec, gen, recipe.seed),
-        greedy=recipe.eval.greedy,
-        temperature=gen.temperature,
-        top_k=gen.top_k,
-        top_p=gen.top_p,
-    ).check()
-    reps, bs = recipe.eval.samples_per_prompt, recipe.eval.batch_size
-    costs = {}
-    for f in dict.fromkeys(f for f, _ in guided):
-        fr = plan.fronts[f]
-        rows = [
-            (p, s, (f, k)) for p in range(len(records)) for s in range(reps) for k in range(len(fr.plans))
-        ]
-        generator = torch.Generator(device=device).manual_seed(recipe.seed)
-        seconds, tokens, width = 0.0, 0, 0
-        for start in tqdm(range(0, len(rows), bs), desc=fr.label, disable=not progress, unit="batch"):
-            chunk = rows[start : start + bs]
-            out = decode(
-                model,
-                tokenizer,
-                [records[p].prompt for p, _, _ in chunk],
-                [fr.plans[k] for _, _, (_, k) in chunk],
-                settings,
-                format_prompt=fmt,
-                max_prompt_tokens=recipe.model.max_prompt_tokens,
-                device=device,
-                generator=generator,
-            )
-            seconds, tokens = seconds + out.seconds, tokens + out.generated_tokens
-            width += out.forward_rows
-            tally(chunk, out.texts)
-        costs[fr.label] = {
-            "seconds": seconds,
-            "tokens": float(tokens),
-            "seconds_per_token": seconds / max(tokens, 1),
-            "forward_rows_per_row": width / len(rows),
-        }
-    return costs
 
 
 RATIO_PREFIX = "hv_ratio_vs_"
