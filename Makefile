@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) jobs/compare.py --recipe demo --methods bone_soup $(ARGS)
 
 compare: $(STAMP)
-	$(PY) jobs/compare.py --recipe demo $(ARGS)
+	$(PY) jobs/compare.py --recipe demo --modes mage_i_m,mod $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -46,6 +46,12 @@ def parse_args(argv: list[str]):
         "--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}"
     )
     p.add_argument("--out", default=None, help="outputs (default: <storage>/<run-name>)")
+    p.add_argument(
+        "--modes",
+        default="",
+        help="guided fronts over the trained soups too, comma-separated (mage_i_m, mage_i, mod; the explicit "
+        "modes need value models: jobs/train_value_models.py, then jobs/evaluate_front.py)",
+    )
     args, rest = p.parse_known_args(argv)
     return args, parse_cli_overrides(rest)
 
@@ -146,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         manifests = method_manifests(recipe, methods, trained, out)
         bundles = write_bundles(recipe, manifests, out)
         register_bundles(recipe, bundles, run_name)
-        result, files = evaluate_front.run(recipe, {m: str(p) for m, p in manifests.items()}, out / "eval")
+        modes = evaluate_front.parse_modes(args.modes)
+        result, files = evaluate_front.run(
+            recipe, {m: str(p) for m, p in manifests.items()}, out / "eval", modes=modes
+        )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -154,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print("manifests: " + ", ".join(f"{m}={p}" for m, p in manifests.items()))
     print("bundles: " + ", ".join(f"{m}={p}" for m, p in bundles.items()))
     print("evaluation: " + ", ".join(str(p) for p in files.values()))
+    print(f"run directory: {out}")
     return 0
 
 

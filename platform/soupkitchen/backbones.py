@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +203,7 @@ def train_loop_per_worker(config: dict) -> None:
     if restore is None and (found := latest_checkpoint(config.get("checkpoint_root"), world)):
         # Killed after the checkpoint was written but before Ray Train registered it: no step is lost.
         if rank == 0:
-            print(f"[{spec.name}] no registered checkpoint; resuming from {found}", flush=True)
+            say(f"[{spec.name}] no registered checkpoint; resuming from {found}")
         restore = ray.train.Checkpoint.from_directory(str(found))
     with restore.as_directory() if restore else contextlib.nullcontext() as ckpt_dir:
         trainer = build_trainer(
@@ -216,7 +217,7 @@ def train_loop_per_worker(config: dict) -> None:
         )
     resumed_from = trainer.global_step  # reported with every result: the log can drop lines, results cannot
     if rank == 0 and resumed_from:
-        print(f"[{spec.name}] resumed at step {resumed_from}/{recipe.ppo.steps}", flush=True)
+        say(f"[{spec.name}] resumed at step {resumed_from}/{recipe.ppo.steps}")
     records = load_prompt_records(recipe.data, "train")
     local = recipe.ppo.batch_size // world
     logger = BackboneLogger(recipe, spec, config.get("parent_run_id")) if rank == 0 else None
@@ -226,7 +227,7 @@ def train_loop_per_worker(config: dict) -> None:
         stats = trainer.step([r.prompt for r in mine], [r.context for r in mine])
         if logger:
             logger.log_step(stats)
-            print(progress_line(spec.name, stats, recipe), flush=True)
+            say(progress_line(spec.name, stats, recipe))
         step = trainer.global_step
         stats.update(trainer.reward_window("start") | trainer.reward_window("end"))
         stats["resumed_from_step"] = resumed_from
@@ -272,6 +273,12 @@ def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run_id: 
         logger.log_adapter(Path(tmp) / "ckpt")
         ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"))
     logger.finish(result["normalizer"])
+
+
+def say(line: str) -> None:
+    """One line on the worker's real stdout. Ray Train patches ``print`` to also log it, and once a library
+    wraps ``sys.stdout`` (MLflow, DeepSpeed) each plain print reaches the driver twice."""
+    print(line, file=sys.__stdout__, flush=True)
 
 
 def progress_line(name: str, stats: dict, recipe: Recipe) -> str:

@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soupkitchen.bootstrap import BootstrapResult, paired_bootstrap
+from soupkitchen.bootstrap import BootstrapResult, paired_bootstrap, percentile_interval, resample_counts
 from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, read_format, to_dict
-from soupkitchen.metrics import METRIC_KEYS, front_metrics
+from soupkitchen.metrics import METRIC_KEYS, diversity, front_metrics
 from soupkitchen.preferences import backbone_weights, merge_coefficients, preference_grid
 from soupkitchen.reward_space import RewardSpace
 
@@ -393,6 +393,22 @@ def row_seed(seed: int, prompt: int, sample: int) -> int:
     return (seed * 1_000_003 + prompt * 10_007 + sample) % (2**63 - 1)
 
 
+def backbone_separation(front: MethodFront, scores: np.ndarray, intervals: BootstrapResult) -> dict:
+    """How far apart the trained backbones land: the mean pairwise distance (z units) between the points
+    whose coefficients are one backbone alone (c = e_j: Bone Soup at μ = w_j with α = 0, Rewarded Soups at
+    μ = e_j), with its interval on the bootstrap's resamples. Empty for fronts with fewer than two."""
+    C = front.coefficients
+    alone = [k for k in range(len(C)) if np.allclose(np.sort(C[k])[::-1][:2], [1.0, 0.0]) and C[k].min() > -1e-9]
+    if front.plans is not None or len(alone) < 2:
+        return {}
+    w = resample_counts(scores.shape[0], intervals.samples, intervals.seed) / scores.shape[0]
+    pts = scores[:, alone]  # [P, b, n]
+    reps = [diversity(x) for x in (w @ pts.reshape(len(pts), -1)).reshape(len(w), *pts.shape[1:])]
+    lo, hi = percentile_interval(np.asarray(reps), intervals.confidence)
+    value = diversity(pts.mean(0))
+    return {"backbone_distance": value, "backbone_distance_lo": float(lo), "backbone_distance_hi": float(hi)}
+
+
 @torch.no_grad()
 def evaluate(
     plan: EvalPlan,
@@ -525,7 +541,7 @@ def evaluate(
         m = front_metrics(points[fr.label], fr.preferences, ref)
         for k, v in intervals.point[fr.label].items():
             m |= {k: v, f"{k}_lo": intervals.lo[fr.label][k], f"{k}_hi": intervals.hi[fr.label][k]}
-        metrics[fr.label] = m
+        metrics[fr.label] = m | backbone_separation(fr, per_prompt[fr.label], intervals)
     return EvalResult(
         plan,
         ref,
@@ -582,6 +598,10 @@ def format_table(result: EvalResult) -> str:
         f"reference point {[round(v, 4) for v in result.ref_point]}"
     )
     lines.append(result.plan.space.describe())
+    for label, m in result.metrics.items():
+        if "backbone_distance" in m:
+            dist = _cell(m, "backbone_distance")
+            lines.append(f"backbone separation {label} (mean distance between its backbones, z): {dist}")
     for k, (v, lo, hi) in hypervolume_ratios(result).items():
         lines.append(f"hypervolume ratio {k}: {v:.3f} [{lo:.3f}, {hi:.3f}]" + _verdict(lo, hi))
     for label, c in result.costs.items():
@@ -604,13 +624,10 @@ def _verdict(lo: float, hi: float) -> str:
 def metric_columns(result: EvalResult) -> list[str]:
     """metrics.csv columns after ``method``/``points``: each metric (with ``_lo``/``_hi`` where it has an
     interval), then every ``hv_ratio_vs_<den>`` with its bounds."""
-    keys = [
-        *METRIC_KEYS,
-        *sorted({k for m in result.metrics.values() for k in m if k.startswith(RATIO_PREFIX)}),
-    ]
+    ratios = sorted({k for m in result.metrics.values() for k in m if k.startswith(RATIO_PREFIX)})
     cols = []
-    for k in keys:
-        if k.endswith(("_lo", "_hi")):
+    for k in [*METRIC_KEYS, "backbone_distance", *ratios]:
+        if k.endswith(("_lo", "_hi")) or not any(k in m for m in result.metrics.values()):
             continue
         cols.append(k)
         if any(f"{k}_lo" in m for m in result.metrics.values()):
