@@ -39,6 +39,7 @@ def stop_index(tokenizer, tokens: torch.Tensor, stop: list[str]) -> int | None:
     """Index of the token whose decoding first completes a stop string in ``tokens``, or None.
 
     Binary search over prefix lengths: "the decoded prefix contains a stop string" only turns true once."""
+
     def hit(k: int) -> bool:
         text = tokenizer.decode(tokens[:k], skip_special_tokens=True)
         return any(s in text for s in stop)
