@@ -62,6 +62,17 @@ def test_bone_soup_front_is_controllable_from_real_generations(evaluated, source
     # μ moves the rewards: the two ends of the Bone Soup front differ in the direction of μ.
     pts = result.points["bone_soup"]
     assert pts[0, 1] > pts[-1, 1] and pts[-1, 0] > pts[0, 0], pts  # grid starts at μ = (0, 1)
+    # The backbones alone (BS at μ = w_j, RS at μ = e_j) are apart, with an interval; α > 0 has no such point.
+    k = [
+        int(np.argmin(np.abs(bs_mu - w).sum(1)))
+        for bs_mu in [plan.fronts[0].preferences]
+        for w in ([0.7, 0.3], [0.3, 0.7])
+    ]
+    assert bs["backbone_distance"] == pytest.approx(np.linalg.norm(pts[k[0]] - pts[k[1]]))
+    for label in ("bone_soup", "rewarded_soups"):
+        m = result.metrics[label]
+        assert 0 < m["backbone_distance_lo"] <= m["backbone_distance_hi"], m
+    assert "backbone_distance" not in result.metrics["bone_soup_a0.2"]
 
 
 @pytest.fixture(scope="module")
