@@ -7,7 +7,8 @@
 
 Rollouts come from the SFT model (c = 0, the π_ref of Eq. 15) and/or each backbone of --backbones (a
 backbones manifest or a soup bundle), per ``value_model.policies``; every response is scored by all
-rewards, and objective i's value model regresses V(x, y<t)[y_t] to r_i (Eq. 16). Output in --out:
+rewards, and objective i's value model regresses V(x, y<t)[y_t] to r_i (Eq. 16), with V read as a residual
+head, V = logits(W0 + ΔV_i) − logits(W0) (0 before training). Output in --out:
 value_models.json + adapters/value-<objective>.safetensors (stackable with the backbones: same W0 and
 LoRA targets), loss per step and validation MSE / pairwise accuracy logged to MLflow. Runs in-process
 (on a Ray cluster, submit it as a job).

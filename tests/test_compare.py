@@ -17,12 +17,12 @@ def test_policy_weights_are_the_distinct_union_in_a_fixed_order():
     recipe = load_recipe("demo")
     assert compare.policy_weights(recipe, ["bone_soup", "rewarded_soups", "morlhf"]) == [
         [1.0, 0.0],
-        [0.7, 0.3],
+        [0.8, 0.2],
         [0.5, 0.5],
-        [0.3, 0.7],
+        [0.2, 0.8],
         [0.0, 1.0],
     ]
-    assert compare.policy_weights(recipe, ["bone_soup"]) == [[0.7, 0.3], [0.3, 0.7]]
+    assert compare.policy_weights(recipe, ["bone_soup"]) == [[0.8, 0.2], [0.2, 0.8]]
 
 
 def test_union_run_splits_into_method_manifests_and_bundles(tiny_policies, tmp_path):

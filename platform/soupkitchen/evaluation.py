@@ -398,10 +398,10 @@ def backbone_separation(front: MethodFront, scores: np.ndarray, intervals: Boots
     whose coefficients are one backbone alone (c = e_j: Bone Soup at μ = w_j with α = 0, Rewarded Soups at
     μ = e_j), with its interval on the bootstrap's resamples. Empty for fronts with fewer than two."""
     C = front.coefficients
-    alone = [
-        k for k in range(len(C)) if np.allclose(np.sort(C[k])[::-1][:2], [1.0, 0.0]) and C[k].min() > -1e-9
-    ]
-    if front.plans is not None or len(alone) < 2:
+    if front.plans is not None or C.shape[1] == 0:
+        return {}
+    alone = [k for k in range(len(C)) if np.isclose(C[k].max(), 1.0) and np.isclose(np.abs(C[k]).sum(), 1.0)]
+    if len(alone) < 2:
         return {}
     w = resample_counts(scores.shape[0], intervals.samples, intervals.seed) / scores.shape[0]
     pts = scores[:, alone]  # [P, b, n]
