@@ -2,7 +2,8 @@
 
 A reward maps a batch of (prompt, response) pairs to one float per pair. Rewards are deterministic and
 never build autograd graphs; model-based rewards batch internally. Each kind is a :class:`BaseReward`
-subclass with a ``Params`` dataclass (validated by :func:`soupkitchen.config.from_dict`), so adding a
+subclass with a ``Params`` model (a :class:`soupkitchen.config.Schema`: types, ranges and the kind's own
+rules, checked by :func:`soupkitchen.config.from_dict` with the ``rewards.<i>.params`` path), so adding a
 kind means writing one class and adding one entry to ``registry.REWARD_KINDS``.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from soupkitchen.config import ConfigError
+from soupkitchen.config import ConfigError, Schema
 
 _WORD_RE = re.compile(r"[^\W_]+")  # runs of letters/digits (Unicode-aware); everything else separates
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -70,7 +71,7 @@ class BaseReward(abc.ABC):
     """Base class for the built-in kinds: input checks, float conversion, the params hooks."""
 
     kind: ClassVar[str]
-    Params: ClassVar[type]
+    Params: ClassVar[type[Schema]]
 
     def __init__(self, name: str, params: Any):
         self.name = name

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from soupkitchen.config import ConfigError, _num
+from soupkitchen.config import ConfigError, Schema
 from soupkitchen.rewards.base import BaseReward, check_device, resolve_device
 from soupkitchen.rewards.presets import PRESET_BY_MODEL, PRESETS, get_preset, preset_names
 
@@ -32,8 +32,7 @@ _FORMAT_KEYS = ("input", "output_index", "template", "prompt_extract", "max_leng
 _HUGE = 10**9  # tokenizers without a limit report model_max_length ≈ 1e30
 
 
-@dataclass
-class HFClassifierParams:
+class HFClassifierParams(Schema):
     """``model``: hub id or local directory (required, or given by ``preset``); see the module docstring.
 
     ``preset``: a name from ``presets.PRESETS`` (or an alias such as ``helpful``); keys set next to it
@@ -49,49 +48,50 @@ class HFClassifierParams:
     input: Literal["pair", "response", "response_pair_prompt", "template"] = "pair"
     template: str | None = None
     prompt_extract: str | None = None
-    output_index: int | None = _num(None, 0, None)
-    max_length: int = _num(1024, 1, None)
+    output_index: int | None = Field(None, ge=0)
+    max_length: int = Field(1024, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str | None = None
-    batch_size: int = _num(8, 1, None)
+    batch_size: int = Field(8, ge=1)
     trust_remote_code: bool = False
-    round_decimals: int | None = _num(None, 0, 12)
+    round_decimals: int | None = Field(None, ge=0, le=12)
     revision: str | None = None
     use_safetensors: bool | None = None
 
-    def check(self, path: str) -> None:
+    @model_validator(mode="after")
+    def _format(self):
         if not self.model:
             raise ConfigError(
-                f"{path}.model",
+                "model",
                 "required: a Hugging Face model id or local directory (or set preset to one of "
                 f"{', '.join(preset_names())})",
             )
-        check_device(self.device, f"{path}.device")
+        check_device(self.device, "device")
         if self.input == "template":
             if not self.template:
                 raise ConfigError(
-                    f"{path}.template", "input 'template' needs a template, e.g. '{response} {bos} {prompt}'"
+                    "template", "input 'template' needs a template, e.g. '{response} {bos} {prompt}'"
                 )
             try:
                 names = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
             except ValueError as e:
-                raise ConfigError(f"{path}.template", f"is not a valid format string: {e}") from None
+                raise ConfigError("template", f"is not a valid format string: {e}") from None
             bad = sorted(names - TEMPLATE_FIELDS)
             if bad:
                 raise ConfigError(
-                    f"{path}.template", f"unknown placeholder(s) {bad}; allowed: {sorted(TEMPLATE_FIELDS)}"
+                    "template", f"unknown placeholder(s) {bad}; allowed: {sorted(TEMPLATE_FIELDS)}"
                 )
         elif self.template is not None:
-            raise ConfigError(
-                f"{path}.template", f"is only used with input 'template' (input is {self.input!r})"
-            )
+            raise ConfigError("template", f"is only used with input 'template' (input is {self.input!r})")
         if self.prompt_extract is not None:
             try:
                 groups = re.compile(self.prompt_extract, re.DOTALL).groups
             except re.error as e:
-                raise ConfigError(f"{path}.prompt_extract", f"is not a valid regex: {e}") from None
+                raise ConfigError("prompt_extract", f"is not a valid regex: {e}") from None
             if groups != 1:
-                raise ConfigError(f"{path}.prompt_extract", f"needs exactly one capture group, has {groups}")
+                raise ConfigError("prompt_extract", f"needs exactly one capture group, has {groups}")
+
+        return self
 
 
 def _dtype(name: str):

@@ -1,4 +1,4 @@
-"""The seeds' Hugging Face reward models: id, input format and output index (notes/bonesoup.md §3.3).
+"""The seeds' Hugging Face reward models: id, input format and output index (Bone Soup A.4.3-A.4.4).
 
 Source: RiC ``ppo/multi_reward_models.py`` + ``utils.get_rewards`` (copied by Bone Soup, MAGE, MOC, HoE).
 The seeds load every RM in bf16 and round every score to 1 decimal; those are recipe choices

