@@ -32,21 +32,23 @@ compare: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)
 
-# Local stack on 127.0.0.1 (S3 endpoint, MLflow server, Ray head): see README "Tracking, S3 and the local stack".
-.PHONY: stack-up stack-down stack-status
-stack-up: $(STAMP)
-	$(PY) infra/stack.py up $(ARGS)
+# Local services on 127.0.0.1 (S3 endpoint, MLflow server, Ray head): see README "Tracking, S3 and the local services".
+.PHONY: services-up services-down services-status
+services-up: $(STAMP)
+	$(PY) infra/services.py up $(ARGS)
 
-stack-down: $(STAMP)
-	$(PY) infra/stack.py down $(ARGS)
+services-down: $(STAMP)
+	$(PY) infra/services.py down $(ARGS)
 
-stack-status: $(STAMP)
-	$(PY) infra/stack.py status $(ARGS)
+services-status: $(STAMP)
+	$(PY) infra/services.py status $(ARGS)

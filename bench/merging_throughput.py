@@ -21,41 +21,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from soupkitchen.config import load_recipe, parse_cli_overrides  # noqa: E402
-from soupkitchen.data import load_prompt_records  # noqa: E402
-from soupkitchen.merging import build_mixed_model, materialize, set_coefficients  # noqa: E402
-from soupkitchen.models import attach_lora, format_prompt, load_base_model, resolve_device  # noqa: E402
-
-
-def random_adapters(recipe, n: int, device: str) -> list[dict[str, torch.Tensor]]:
-    """n PEFT LoRA state dicts over the recipe's base and targets, with non-zero random A and B."""
-    from peft import get_peft_model_state_dict
-
-    out = []
-    for i in range(n):
-        base, _ = load_base_model(recipe.model, device=device)
-        peft = attach_lora(base, recipe.lora, seed=i)
-        with torch.no_grad():
-            for name, p in peft.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0, 0.02)
-        out.append({k: v.detach().clone() for k, v in get_peft_model_state_dict(peft).items()})
-    return out
-
-
-def timed(fn, sync) -> float:
-    sync()
-    t = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t
+from soupkitchen.benchmarks import random_adapters, timed
+from soupkitchen.config import load_recipe, parse_cli_overrides
+from soupkitchen.data import load_prompt_records
+from soupkitchen.merging import build_mixed_model, materialize, set_coefficients
+from soupkitchen.models import attach_lora, format_prompt, load_base_model, resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,15 +11,12 @@ backbones one after another gives n.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jobs.train_backbones import run  # noqa: E402
-from soupkitchen.config import load_recipe, parse_cli_overrides  # noqa: E402
+from soupkitchen.config import load_recipe, parse_cli_overrides
+from soupkitchen.training.launcher import train_backbones
 
 
 def main() -> None:
@@ -36,7 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Untimed warm-up: the first trainer on a fresh Ray instance pays for worker start-up, imports and
         # DeepSpeed's op build; without this the first timed run looks slower than it is.
-        run(
+        train_backbones(
             load_recipe(args.recipe, {**overrides, "ppo.steps": 1}),
             "morlhf",
             "bench-warmup",
@@ -45,7 +42,7 @@ def main() -> None:
         timings = {}
         for label, rec, method in (("1 backbone", one, "morlhf"), (f"{n} backbones", recipe, "bone_soup")):
             t0 = time.perf_counter()
-            run(rec, method, f"bench-{method}", str(Path(tmp) / "runs"))
+            train_backbones(rec, method, f"bench-{method}", str(Path(tmp) / "runs"))
             timings[label] = time.perf_counter() - t0
     (l1, t1), (ln, tn) = timings.items()
     print(f"\nrecipe {recipe.name}, {recipe.ppo.steps} PPO steps per backbone, batch {recipe.ppo.batch_size}")

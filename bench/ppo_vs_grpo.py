@@ -19,18 +19,16 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from soupkitchen.backbones import backbone_specs, build_trainer, prompt_schedule  # noqa: E402
-from soupkitchen.config import Recipe, load_recipe, parse_cli_overrides  # noqa: E402
-from soupkitchen.data import PromptRecord, load_prompt_records  # noqa: E402
-from soupkitchen.grpo import build_grpo_trainer, grpo_plan  # noqa: E402
-from soupkitchen.models import resolve_device  # noqa: E402
+from soupkitchen.config import Recipe, load_recipe, parse_cli_overrides
+from soupkitchen.data import PromptRecord, load_prompt_records
+from soupkitchen.models import resolve_device
+from soupkitchen.training.grpo import build_grpo_trainer, grpo_plan
+from soupkitchen.training.specs import backbone_specs
+from soupkitchen.training.worker import build_trainer, prompt_schedule
 
 DEFAULT_STEPS = {"tiny": 20, "demo": 2}
 

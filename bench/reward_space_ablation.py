@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from soupkitchen.backbones import build_trainer, prompt_schedule, save_checkpoint, write_manifest
 from soupkitchen.config import Recipe, from_dict, load_recipe, parse_cli_overrides, to_dict
 from soupkitchen.data import load_prompt_records
 from soupkitchen.evaluation import build_plan, evaluate, read_source
+from soupkitchen.manifests import write_manifest
 from soupkitchen.preferences import backbone_weights
 from soupkitchen.reward_space import effective_weights
+from soupkitchen.training.worker import build_trainer, prompt_schedule, save_checkpoint
 
 VARIANTS = (("calibrated", "unit_spread"), ("calibrated", "none"), ("running", "unit_spread"))
 

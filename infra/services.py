@@ -1,35 +1,30 @@
-"""Start, check and stop the local stack on 127.0.0.1: S3 endpoint (moto), MLflow server, Ray head.
+"""Start, check and stop the local services on 127.0.0.1: S3 endpoint (moto), MLflow server, Ray head.
 
-    python infra/stack.py up                 # or: make stack-up
-    python infra/stack.py status
-    eval "$(python infra/stack.py env)"      # MLFLOW_TRACKING_URI, MLFLOW_S3_ENDPOINT_URL, AWS_*, RAY_ADDRESS
-    python infra/stack.py down               # or: make stack-down
+    python infra/services.py up                 # or: make services-up
+    python infra/services.py status
+    eval "$(python infra/services.py env)"   # MLFLOW_TRACKING_URI, MLFLOW_S3_ENDPOINT_URL, AWS_*, RAY_ADDRESS
+    python infra/services.py down               # or: make services-down
 
 Ports (defaults): S3 25555, MLflow 25556, Ray GCS 26379, Ray dashboard 28265; state (pid files, logs,
-MLflow SQLite store, S3 snapshot) under ~/.cache/soupkitchen/stack. A second ``up`` leaves running
-services alone. See ``soupkitchen.stack`` for what each command does.
+MLflow SQLite store, S3 snapshot) under ~/.cache/soupkitchen/services. A second ``up`` leaves running
+services alone. See ``soupkitchen.services`` for what each command does.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-
-from soupkitchen.config import ConfigError  # noqa: E402
-from soupkitchen.stack import DEFAULT_PORTS, StackConfig, down, status, up  # noqa: E402
+from soupkitchen import cli
+from soupkitchen.paths import cache_dir
+from soupkitchen.services import DEFAULT_PORTS, ServicesConfig, down, status, up
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    cache = Path(
-        os.environ.get("SOUPKITCHEN_CACHE") or "~/.cache/soupkitchen"
-    ).expanduser()  # models.cache_root
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["up", "status", "down", "env"])
-    p.add_argument("--state-dir", default=str(cache / "stack"), help="pid files, logs, stores")
+    p.add_argument("--state-dir", default=str(cache_dir("services")), help="pid files, logs, stores")
     p.add_argument("--s3-port", type=int, default=DEFAULT_PORTS["s3"])
     p.add_argument("--mlflow-port", type=int, default=DEFAULT_PORTS["mlflow"])
     p.add_argument("--ray-port", type=int, default=DEFAULT_PORTS["ray"])
@@ -40,9 +35,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli.entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = StackConfig(
+    cfg = ServicesConfig(
         state_dir=Path(args.state_dir),
         s3_port=args.s3_port,
         mlflow_port=args.mlflow_port,
@@ -65,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             if with_ray:
                 print(f"Ray dashboard: {cfg.ray_dashboard}")
             flags = " ".join(a for a in (sys.argv[2:] if argv is None else argv[1:]) if a != "--no-ray")
-            print(f'use it: eval "$(python infra/stack.py env {flags})"'.replace("env )", "env)"))
+            print(f'use it: eval "$(python infra/services.py env {flags})"'.replace("env )", "env)"))
         elif args.command == "down":
             for name, state in down(cfg, with_ray).items():
                 print(f"{name:<7} {state}")
@@ -74,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
             for name, ok in health.items():
                 print(f"{name:<7} {'up' if ok else 'down'}")
             return 0 if all(ok for n, ok in health.items() if with_ray or n != "ray") else 1
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -19,107 +19,47 @@ relative to plain decoding measured in the same run (costs.csv):
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 from pathlib import Path
 
-from soupkitchen.config import ConfigError, Recipe, load_recipe, parse_cli_overrides
-from soupkitchen.evaluation import SOURCE_METHODS
+from soupkitchen import cli
+from soupkitchen.config import ConfigError
+from soupkitchen.decoding import check_gamma
+from soupkitchen.evaluation import evaluate_front, format_table
+from soupkitchen.methods import GUIDED_MODES, Method, parse_guided_modes
+
+parser = cli.recipe_parser(__doc__, "--eval.num_prompts 32")
+for m in Method:
+    parser.add_argument(f"--{m.replace('_', '-')}", metavar="PATH", help=f"{m} manifest.json or bundle dir")
+parser.add_argument("--no-sft", action="store_true", help="leave out the SFT model (W0) point")
+parser.add_argument(
+    "--modes",
+    default="",
+    help=f"guided decoding fronts, comma-separated: {', '.join(GUIDED_MODES)} "
+    "(bone_soup / rewarded_soups are the sources' own fronts and are skipped here)",
+)
+parser.add_argument("--gamma", type=float, default=None, help="guidance strength γ (default: decoding.gamma)")
+parser.add_argument("--value-models", metavar="DIR", help="explicit value models (train_value_models.py)")
+parser.add_argument("--split", choices=("eval", "train"), default="eval", help="prompt split (default: eval)")
+parser.add_argument("--out", default=None, help="output directory (default: outputs/eval-<recipe>)")
 
 
-def parse_args(argv: list[str]):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Any other --section.key VALUE overrides that recipe key, e.g. --eval.num_prompts 32.",
-    )
-    p.add_argument("--recipe", default="demo", help="recipe name in recipes/ or a YAML path (default: demo)")
-    for m in SOURCE_METHODS:
-        p.add_argument(f"--{m.replace('_', '-')}", metavar="PATH", help=f"{m} manifest.json or bundle dir")
-    p.add_argument("--no-sft", action="store_true", help="leave out the SFT model (W0) point")
-    p.add_argument(
-        "--modes",
-        default="",
-        help="guided decoding fronts, comma-separated: mage_i_m, mage_i, mage_e_m, mage_e, mod "
-        "(bone_soup / rewarded_soups / plain are the sources' own fronts and are skipped here)",
-    )
-    p.add_argument("--gamma", type=float, default=None, help="guidance strength γ (default: decoding.gamma)")
-    p.add_argument("--value-models", metavar="DIR", help="explicit value models (train_value_models.py)")
-    p.add_argument("--split", choices=("eval", "train"), default="eval", help="prompt split (default: eval)")
-    p.add_argument("--out", default=None, help="output directory (default: outputs/eval-<recipe>)")
-    args, rest = p.parse_known_args(argv)
-    return args, parse_cli_overrides(rest)
-
-
-def parse_modes(text: str) -> list[str]:
-    """``"bone_soup,mage_i_m,mod"`` → ``["mage_i_m", "mod"]`` (the plain fronts come from the sources)."""
-    return [m for m in (x.strip() for x in text.split(",")) if m and m not in SKIPPED_MODES]
-
-
-SKIPPED_MODES = ("bone_soup", "rewarded_soups", "morlhf", "sft", "plain")
-
-
-def run(
-    recipe: Recipe,
-    paths: dict[str, str],
-    out: Path,
-    include_sft: bool = True,
-    split: str = "eval",
-    modes: list[str] | tuple[str, ...] = (),
-    gamma: float | None = None,
-    value_models: str | None = None,
-):
-    """Evaluate every given method (+ SFT, + guided ``modes``), write the outputs, log to MLflow."""
-    from soupkitchen.evaluation import build_plan, evaluate, read_source, write_outputs
-    from soupkitchen.tracking import RunLogger
-    from soupkitchen.value_models import load_value_models
-
-    sources = {m: read_source(p, m) for m, p in paths.items() if p}
-    values = load_value_models(value_models) if value_models else None
-    plan = build_plan(recipe, sources, include_sft=include_sft, modes=modes, gamma=gamma, value_models=values)
-    logger = RunLogger(recipe, f"evaluate_front:{recipe.name}", tags={"soupkitchen.job": "evaluate_front"})
-    try:
-        result = evaluate(plan, recipe, split=split)
-        files = write_outputs(result, out, title=f"{recipe.name}: {', '.join(f.label for f in plan.fronts)}")
-        metrics = {
-            f"{label}/{k}": v for label, m in result.metrics.items() for k, v in m.items() if math.isfinite(v)
-        }
-        metrics["eval_seconds"] = result.seconds
-        metrics["generated_tokens_per_s"] = result.generated_tokens / max(result.seconds, 1e-9)
-        metrics |= {f"{label}/{k}": v for label, c in result.costs.items() for k, v in c.items()}
-        logger.log_metrics(metrics, 0)
-        for path in files.values():
-            logger.client.log_artifact(logger.run_id, str(path))
-    except BaseException:
-        logger.finish("FAILED")
-        raise
-    logger.finish()
-    return result, files
-
-
+@cli.entry
 def main(argv: list[str] | None = None) -> int:
-    from soupkitchen.evaluation import format_table
-
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        recipe = load_recipe(args.recipe, overrides)
-        paths = {m: getattr(args, m) for m in SOURCE_METHODS}
-        if not any(paths.values()):
-            raise ConfigError("--bone-soup", "give at least one of --bone-soup, --rewarded-soups, --morlhf")
-        out = Path(args.out or f"outputs/eval-{recipe.name}")
-        result, files = run(
-            recipe,
-            paths,
-            out,
-            include_sft=not args.no_sft,
-            split=args.split,
-            modes=parse_modes(args.modes),
-            gamma=args.gamma,
-            value_models=args.value_models,
-        )
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args, recipe = cli.parse_recipe(parser, argv)
+    paths = {m: getattr(args, m) for m in Method}
+    if not any(paths.values()):
+        raise ConfigError("--bone-soup", "give at least one of --bone-soup, --rewarded-soups, --morlhf")
+    result, files = evaluate_front(
+        recipe,
+        paths,
+        Path(args.out or f"outputs/eval-{recipe.name}"),
+        include_sft=not args.no_sft,
+        split=args.split,
+        modes=parse_guided_modes(args.modes, "--modes"),
+        gamma=None if args.gamma is None else check_gamma(args.gamma, "--gamma"),
+        value_models=args.value_models,
+    )
     print(format_table(result))
     print(
         f"{result.generated_tokens} tokens in {result.seconds:.1f} s; outputs: "

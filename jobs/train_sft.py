@@ -11,42 +11,30 @@ or the train side of ``data.source``. Output: a Hugging Face model directory (me
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from soupkitchen.config import ConfigError, load_recipe, parse_cli_overrides
+from soupkitchen import cli
+from soupkitchen.config import load_recipe
+from soupkitchen.training.sft import run_sft
+
+parser = cli.recipe_parser(__doc__, "--sft.max_steps 100")
+parser.add_argument("--output", default=None, help="output directory (default: sft.output_dir)")
 
 
-def parse_args(argv: list[str]):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Any other --section.key VALUE overrides that recipe key, e.g. --sft.max_steps 100.",
-    )
-    p.add_argument("--recipe", default="demo", help="recipe name in recipes/ or a YAML path (default: demo)")
-    p.add_argument("--output", default=None, help="output directory (default: sft.output_dir)")
-    args, rest = p.parse_known_args(argv)
-    return args, parse_cli_overrides(rest)
-
-
+@cli.entry
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        if args.output is not None:
-            overrides["sft.output_dir"] = args.output
-        recipe = load_recipe(args.recipe, overrides)
-        if not recipe.sft.enabled:
-            print(
-                f"sft.enabled is false in recipe {recipe.name!r}: this recipe starts from an "
-                f"instruction-tuned model ({recipe.model.source}: {recipe.model.name}) and needs no SFT. "
-                "Pass --sft.enabled true to fine-tune it anyway."
-            )
-            return 0
-        from soupkitchen.sft import run_sft
-
-        result = run_sft(recipe)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args, overrides = cli.parse_args(parser, argv)
+    if args.output is not None:
+        overrides["sft.output_dir"] = args.output
+    recipe = load_recipe(args.recipe, overrides)
+    if not recipe.sft.enabled:
+        print(
+            f"sft.enabled is false in recipe {recipe.name!r}: this recipe starts from an "
+            f"instruction-tuned model ({recipe.model.source}: {recipe.model.name}) and needs no SFT. "
+            "Pass --sft.enabled true to fine-tune it anyway."
+        )
+        return 0
+    result = run_sft(recipe)
     print(f"\nSFT model ({result.steps} steps, final loss {result.final_loss:.4f}): {result.output_dir}")
     print(f"use it downstream with:\n  model:\n    source: hf\n    name: {result.output_dir}")
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["stack_fixtures"]  # the real S3 + MLflow stack (tests/stack_fixtures.py)
+pytest_plugins = ["services_fixtures"]  # the real S3 + MLflow stack (tests/services_fixtures.py)
 REPO = Path(__file__).resolve().parents[1]
 RAY_PORT, RAY_DASHBOARD_PORT = 26390, 28270
 

@@ -1,4 +1,4 @@
-"""Tracking against the real local stack (moto S3 server + MLflow server): metrics, recipe, registered
+"""Tracking against the real local services (moto S3 server + MLflow server): metrics, recipe, registered
 adapters and soup bundles with aliases, load by URI with sha256 verification, and an S3 outage mid-run."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from soupkitchen.artifacts import MANIFEST, ArtifactIntegrityError, fetch, load_soup, parse_uri, promote
-from soupkitchen.backbones import BackboneSpec, build_trainer, save_checkpoint
 from soupkitchen.checkpoint import sha256_of
-from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.config import ConfigError, load_recipe, replace
 from soupkitchen.data import load_prompt_records
 from soupkitchen.merging import set_coefficients, write_bundle
-from soupkitchen.stack import s3_client, s3_service, start_service, stop_service
+from soupkitchen.services import s3_client, s3_service, start_service, stop_service
 from soupkitchen.tracking import BackboneLogger, RunLogger
+from soupkitchen.training.specs import BackboneSpec
+from soupkitchen.training.worker import build_trainer, save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -27,16 +28,16 @@ def _recipe(stack, **tracking):
     r = load_recipe(
         "tiny", {"ppo.steps": 2, "ppo.batch_size": 4, "ppo.mini_batch_size": 4, "ppo.ppo_epochs": 1}
     )
-    r.tracking = dataclasses.replace(
+    r.tracking = replace(
         r.tracking, tracking_uri=stack.mlflow_uri, experiment="stack-tests", **tracking
     )
     return r
 
 
 @pytest.fixture(scope="module")
-def trained(local_stack, tmp_path_factory):
+def trained(local_services, tmp_path_factory):
     """A tiny backbone trained for 2 PPO steps in-process, logged as a child run with its adapter."""
-    recipe = _recipe(local_stack)
+    recipe = _recipe(local_services)
     parent = RunLogger(recipe, "train_backbones:stack-test", tags={"soupkitchen.job": "train_backbones"})
     spec = BackboneSpec("bone_soup-0", [0.7, 0.3])
     logger = BackboneLogger(recipe, spec, parent.run_id)
@@ -46,16 +47,17 @@ def trained(local_stack, tmp_path_factory):
         logger.log_step(trainer.step([r.prompt for r in records], [r.context for r in records]))
     ckpt = save_checkpoint(trainer, tmp_path_factory.mktemp("ckpt") / "ckpt", {"data_position": 2})
     name = logger.log_adapter(ckpt)
-    assert logger.finish(trainer.normalizer.state_dict()) == 0 and parent.finish() == 0
+    logger.log_normalizer(trainer.normalizer.state_dict())
+    assert logger.finish() == 0 and parent.finish() == 0
     return dataclasses.make_dataclass("T", ["recipe", "parent", "logger", "ckpt", "name", "trainer"])(
         recipe, parent, logger, ckpt, name, trainer
     )
 
 
-def test_backbone_run_logs_metrics_recipe_and_a_registered_adapter(local_stack, trained):
-    client = mlflow.MlflowClient(local_stack.mlflow_uri)
+def test_backbone_run_logs_metrics_recipe_and_a_registered_adapter(local_services, trained):
+    client = mlflow.MlflowClient(local_services.mlflow_uri)
     run = client.get_run(trained.logger.run_id)
-    assert run.info.artifact_uri.startswith(f"s3://{local_stack.bucket}/")  # artifacts live in S3
+    assert run.info.artifact_uri.startswith(f"s3://{local_services.bucket}/")  # artifacts live in S3
     assert run.data.tags["mlflow.parentRunId"] == trained.parent.run_id
     assert run.data.params["ppo.steps"] == "2" and run.data.params["soup.beta"] == "0.7"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "kl")] == [1, 2]
@@ -64,14 +66,14 @@ def test_backbone_run_logs_metrics_recipe_and_a_registered_adapter(local_stack, 
     mv = client.get_model_version_by_alias(trained.name, "candidate")
     assert trained.name == "soup-tiny-bone_soup-0" and mv.run_id == run.info.run_id
     assert not mv.current_stage or mv.current_stage == "None"  # aliases, never stages
-    local = fetch(f"models:/{trained.name}@candidate", tracking_uri=local_stack.mlflow_uri)
+    local = fetch(f"models:/{trained.name}@candidate", tracking_uri=local_services.mlflow_uri)
     assert sorted(p.name for p in local.iterdir()) == sorted(
         [MANIFEST, "state.json", "trainable.safetensors"]
     )
     assert sha256_of(local / "trainable.safetensors") == sha256_of(trained.ckpt / "trainable.safetensors")
     # the same files by run URI and by the raw s3:// location
     assert sha256_of(
-        fetch(f"runs:/{run.info.run_id}/adapter", tracking_uri=local_stack.mlflow_uri) / "state.json"
+        fetch(f"runs:/{run.info.run_id}/adapter", tracking_uri=local_services.mlflow_uri) / "state.json"
     ) == sha256_of(local / "state.json")
     assert (fetch(f"{run.info.artifact_uri}/adapter") / "trainable.safetensors").is_file()
 
@@ -102,16 +104,16 @@ def _bundle(trained, tmp_path):
     )
 
 
-def test_soup_bundle_round_trips_s3_cache_model_with_identical_outputs(local_stack, trained, tmp_path):
+def test_soup_bundle_round_trips_s3_cache_model_with_identical_outputs(local_services, trained, tmp_path):
     bundle = _bundle(trained, tmp_path)
     logger = RunLogger(trained.recipe, "evaluate_front:stack-test", trained.parent.run_id)
     name = logger.log_bundle(bundle.directory)
     assert logger.finish() == 0 and name == "soup-tiny"
-    version = promote(name, tracking_uri=local_stack.mlflow_uri)  # @candidate → @production
-    client = mlflow.MlflowClient(local_stack.mlflow_uri)
+    version = promote(name, tracking_uri=local_services.mlflow_uri)  # @candidate → @production
+    client = mlflow.MlflowClient(local_services.mlflow_uri)
     assert client.get_model_version_by_alias(name, "production").version == version
     loaded = load_soup(
-        "models:/soup-tiny@production", cache_dir=tmp_path / "cache", tracking_uri=local_stack.mlflow_uri
+        "models:/soup-tiny@production", cache_dir=tmp_path / "cache", tracking_uri=local_services.mlflow_uri
     )
     assert loaded.directory.is_relative_to(tmp_path / "cache") and loaded.names == bundle.names
     ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
@@ -124,12 +126,12 @@ def test_soup_bundle_round_trips_s3_cache_model_with_identical_outputs(local_sta
     assert torch.equal(out[0], out[1])
 
 
-def test_corrupt_or_partial_artifacts_are_refused_after_one_retry(local_stack, trained, tmp_path, caplog):
+def test_corrupt_or_partial_artifacts_are_refused_after_one_retry(local_services, trained, tmp_path, caplog):
     run_id = trained.logger.run_id
-    art = f"{mlflow.MlflowClient(local_stack.mlflow_uri).get_run(run_id).info.artifact_uri}/adapter"
+    art = f"{mlflow.MlflowClient(local_services.mlflow_uri).get_run(run_id).info.artifact_uri}/adapter"
     good = fetch(art, cache_dir=tmp_path / "c0")
     bucket, key = art.removeprefix("s3://").split("/", 1)
-    s3 = s3_client(local_stack.s3_endpoint)
+    s3 = s3_client(local_services.s3_endpoint)
     original = s3.get_object(Bucket=bucket, Key=f"{key}/state.json")["Body"].read()
     try:
         s3.put_object(Bucket=bucket, Key=f"{key}/state.json", Body=original[:-5] + b"XXXXX")
@@ -142,9 +144,13 @@ def test_corrupt_or_partial_artifacts_are_refused_after_one_retry(local_stack, t
     finally:
         s3.put_object(Bucket=bucket, Key=f"{key}/state.json", Body=original)
     # a damaged cached copy is detected and replaced by a fresh download
-    cached = fetch(f"runs:/{run_id}/adapter", cache_dir=tmp_path / "c2", tracking_uri=local_stack.mlflow_uri)
+    cached = fetch(
+        f"runs:/{run_id}/adapter", cache_dir=tmp_path / "c2", tracking_uri=local_services.mlflow_uri
+    )
     (cached / "trainable.safetensors").write_bytes(b"truncated")
-    again = fetch(f"runs:/{run_id}/adapter", cache_dir=tmp_path / "c2", tracking_uri=local_stack.mlflow_uri)
+    again = fetch(
+        f"runs:/{run_id}/adapter", cache_dir=tmp_path / "c2", tracking_uri=local_services.mlflow_uri
+    )
     assert sha256_of(again / "trainable.safetensors") == sha256_of(good / "trainable.safetensors")
 
 
@@ -168,14 +174,14 @@ def test_uri_validation_names_the_fix(tmp_path):
     assert fetch(str(d)) == d  # a plain local directory (no manifest) is used as it is
 
 
-def test_s3_outage_mid_run_loses_no_checkpoint(local_stack, trained, tmp_path):
-    recipe = _recipe(local_stack, upload_retry_s=0.0)
+def test_s3_outage_mid_run_loses_no_checkpoint(local_services, trained, tmp_path):
+    recipe = _recipe(local_services, upload_retry_s=0.0)
     logger = RunLogger(recipe, "outage-test")
     ckpt = trained.ckpt
     logger.log_checkpoint(ckpt, "checkpoint-1", files=["state.json"])  # before the outage
     logger.log_metrics({"loss": 1.0}, 1)
-    s3 = s3_service(local_stack)
-    stop_service(s3, local_stack)  # S3 endpoint down (MLflow up): the next uploads wait in the outbox
+    s3 = s3_service(local_services)
+    stop_service(s3, local_services)  # S3 endpoint down (MLflow up): the next uploads wait in the outbox
     try:
         logger.log_checkpoint(
             ckpt, "checkpoint-2", files=["trainable.safetensors"], register_as="soup-outage"
@@ -188,12 +194,12 @@ def test_s3_outage_mid_run_loses_no_checkpoint(local_stack, trained, tmp_path):
         assert [a["artifact_path"] for a in other.undelivered["artifacts"]] == ["recipe.yaml", "checkpoint"]
         assert all(Path(a["spooled_at"]).exists() for a in other.undelivered["artifacts"])
     finally:
-        start_service(s3, local_stack)  # restores the objects uploaded before the outage
+        start_service(s3, local_services)  # restores the objects uploaded before the outage
     assert logger.finish() == 0
-    client = mlflow.MlflowClient(local_stack.mlflow_uri)
+    client = mlflow.MlflowClient(local_services.mlflow_uri)
     assert [m.value for m in client.get_metric_history(logger.run_id, "loss")] == [1.0, 0.5]
     assert (
-        fetch(f"runs:/{logger.run_id}/checkpoint-1", tracking_uri=local_stack.mlflow_uri) / "state.json"
+        fetch(f"runs:/{logger.run_id}/checkpoint-1", tracking_uri=local_services.mlflow_uri) / "state.json"
     ).is_file()
-    got = fetch("models:/soup-outage@candidate", cache_dir=tmp_path, tracking_uri=local_stack.mlflow_uri)
+    got = fetch("models:/soup-outage@candidate", cache_dir=tmp_path, tracking_uri=local_services.mlflow_uri)
     assert sha256_of(got / "trainable.safetensors") == sha256_of(ckpt / "trainable.safetensors")

@@ -1,19 +1,18 @@
-"""jobs/compare.py without Ray: which policies it trains, how it splits them into per-method manifests, and
-the soup bundles it writes (the Ray path runs in tests/test_train_backbones.py)."""
+"""soupkitchen.comparison (jobs/compare.py) without Ray: which policies it trains, how it splits
+them into per-method manifests, and the soup bundles it writes (Ray: tests/test_train_backbones.py)."""
 
 from __future__ import annotations
 
 import json
 
-from soupkitchen.backbones import write_manifest
+from soupkitchen import comparison as compare
 from soupkitchen.config import load_recipe
+from soupkitchen.manifests import write_manifest
 from soupkitchen.merging import load_bundle
 from soupkitchen.reward_space import RewardSpace
 
 
 def test_policy_weights_are_the_distinct_union_in_a_fixed_order():
-    import jobs.compare as compare
-
     recipe = load_recipe("demo")
     assert compare.policy_weights(recipe, ["bone_soup", "rewarded_soups", "morlhf"]) == [
         [1.0, 0.0],
@@ -26,8 +25,6 @@ def test_policy_weights_are_the_distinct_union_in_a_fixed_order():
 
 
 def test_union_run_splits_into_method_manifests_and_bundles(tiny_policies, tmp_path):
-    import jobs.compare as compare
-
     recipe, trained = tiny_policies
     docs = {m: json.loads(p.read_text()) for m, p in trained["manifests"].items()}
     by_w = {tuple(b["weights"]): b for d in docs.values() for b in d["backbones"]}
@@ -56,7 +53,7 @@ def test_union_run_splits_into_method_manifests_and_bundles(tiny_policies, tmp_p
 
 
 def test_bad_methods_flag_is_a_config_error(capsys):
-    import jobs.compare as compare
+    import jobs.compare as job
 
-    assert compare.main(["--recipe", "tiny", "--methods", "bone_soup,hoe"]) == 2
+    assert job.main(["--recipe", "tiny", "--methods", "bone_soup,hoe"]) == 2
     assert "--methods: must be a comma-separated subset" in capsys.readouterr().err

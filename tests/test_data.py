@@ -92,7 +92,7 @@ def test_tiny_prompts_deterministic_and_neutral():
 
 
 def test_tiny_prompt_words_are_in_tiny_vocab():
-    from soupkitchen.tiny import TINY_VOCAB
+    from soupkitchen.models.tiny import TINY_VOCAB
 
     missing = sorted(set(TINY_PROMPT_WORDS) - set(TINY_VOCAB))
     assert not missing, f"tiny prompt words missing from TINY_VOCAB: {missing}"

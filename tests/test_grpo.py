@@ -7,16 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from soupkitchen.backbones import backbone_specs
 from soupkitchen.checkpoint import load_training_checkpoint
 from soupkitchen.config import ConfigError, NormalizationConfig, load_recipe
-from soupkitchen.grpo import (
+from soupkitchen.training.grpo import (
     ObjectiveReward,
     build_grpo_trainer,
     default_num_generations,
     grpo_plan,
     train_grpo_backbone,
 )
+from soupkitchen.training.specs import backbone_specs
 
 # TRL computes log-probs from lm_head.weight directly, so the tiny recipe's lm_head LoRA is left out.
 GRPO_TINY = {"ppo.algorithm": "grpo", "lora.target_modules": ["c_attn", "c_fc"]}

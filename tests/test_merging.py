@@ -8,7 +8,6 @@ PEFT single adapters, and a dense merge built from PEFT's ``get_delta_weight`` i
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,8 +19,8 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from torch import nn
 
-from soupkitchen.backbones import write_manifest
-from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.config import ConfigError, load_recipe, replace
+from soupkitchen.manifests import write_manifest
 from soupkitchen.merging import (
     MixedLoRALinear,
     ab_averaged_merge,
@@ -51,7 +50,7 @@ C_ROWS = [[0.7, 0.3, 0.0], C_BS, [1.6, -0.9, 0.45]]
 def soup():
     """3 adapters (the third with r=4, α=2: other rank and scaling), lora_B made non-zero; a mixed model."""
     recipe = load_recipe("tiny")
-    cfgs = [recipe.lora, recipe.lora, dataclasses.replace(recipe.lora, r=4, alpha=2.0)]
+    cfgs = [recipe.lora, recipe.lora, replace(recipe.lora, r=4, alpha=2.0)]
     base, tok = load_base_model(recipe.model)
     peft, _ = load_base_model(recipe.model)
     for i, (name, cfg) in enumerate(zip(NAMES, cfgs, strict=True)):
@@ -276,7 +275,8 @@ def bundle_dir(soup, tmp_path_factory):
     for name, state in zip(NAMES, soup.adapters, strict=True):
         ckpt = root / "ckpt" / name
         ckpt.mkdir(parents=True)
-        backbones.append({"name": name, "checkpoint": str(ckpt), "adapter_file": "trainable.safetensors"})
+        w = [1.0 if k == len(backbones) else 0.0 for k in range(len(NAMES))]
+        backbones.append({"name": name, "weights": w, "checkpoint": str(ckpt)})
         save_file(
             {**{f"adapter.{k}": v for k, v in state.items()}, "value_heads.weight": torch.zeros(3, 64)},
             str(ckpt / "trainable.safetensors"),
@@ -384,8 +384,8 @@ def test_load_bundle_refuses_inconsistent(bundle_dir, tmp_path, edit, match):
 
 
 def test_bundle_checks_base_and_writes_atomically(soup, bundle_dir, tmp_path):
-    other = dataclasses.replace(
-        soup.recipe.model, tiny=dataclasses.replace(soup.recipe.model.tiny, n_embd=32)
+    other = replace(
+        soup.recipe.model, tiny=replace(soup.recipe.model.tiny, n_embd=32)
     )
     with pytest.raises(ConfigError, match="base: adapters do not fit this base model"):
         load_bundle(bundle_dir.path, base_model=load_base_model(other)[0])
@@ -393,7 +393,8 @@ def test_bundle_checks_base_and_writes_atomically(soup, bundle_dir, tmp_path):
     with pytest.raises(ConfigError, match="beta"):
         write_bundle(tmp_path / "bad", **bad)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.tmp-*"))
-    remote = tmp_path / "manifest.json"
-    remote.write_text(json.dumps({"backbones": [{"name": "a0", "checkpoint": "s3://bucket/a0"}]}))
-    with pytest.raises(ConfigError, match=r"backbones\[0\].checkpoint: .* is remote"):
+    entry = {"name": "a0", "weights": [1.0, 0.0, 0.0], "checkpoint": "s3://bucket/a0"}
+    space = RewardSpace.identity(soup.recipe.objectives)
+    remote = write_manifest(tmp_path / "manifest.json", soup.recipe, "rewarded_soups", [entry], space)
+    with pytest.raises(ConfigError, match=r"backbones.0.checkpoint: .* is remote"):
         adapters_from_manifest(remote)

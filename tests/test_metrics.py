@@ -146,7 +146,7 @@ def test_controllability_one_swap_on_grid_is_108_of_110():
     pts, mu = controllable_front()
     assert controllability(pts, mu) == 1.0
     pts[[4, 5]] = pts[[5, 4]]
-    assert controllability(pts, mu) == pytest.approx(108 / 110)  # bonesoup.md §2 consistency check: 0.98
+    assert controllability(pts, mu) == pytest.approx(108 / 110)  # Bone Soup's 0.98 (docs/metrics.md)
 
 
 def test_controllability_vs_loop():

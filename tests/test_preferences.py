@@ -1,4 +1,4 @@
-"""Preference grids, validation, and the Bone Soup merging algebra (notes/bonesoup.md §1.4, §1.5, §6)."""
+"""Preference grids, validation, and the Bone Soup merging algebra (Eqs. 8-9, docs/methods/bone_soup.md)."""
 
 import itertools
 
@@ -137,7 +137,7 @@ def test_circulant_rejects(n, beta, match):
 
 
 def closed_form(mu, beta):
-    """λ_i = ((n − 1) μ_i − (1 − β)) / (nβ − 1) (bonesoup.md §1.4)."""
+    """λ_i = ((n − 1) μ_i − (1 − β)) / (nβ − 1) (docs/methods/bone_soup.md)."""
     n = len(mu)
     return ((n - 1) * np.asarray(mu) - (1 - beta)) / (n * beta - 1)
 
@@ -174,7 +174,7 @@ def test_negative_lambda_kept():
     ],
 )
 def test_lambda_table_two_objectives(beta, lam1):
-    """λ_1 over μ_1 = 0, 0.1, ..., 1 (bonesoup.md §1.4) and cond(B) = 1/(2β − 1)."""
+    """λ_1 over μ_1 = 0, 0.1, ..., 1 (docs/methods/bone_soup.md) and cond(B) = 1/(2β − 1)."""
     got = np.array([merge_coefficients(mu, beta) for mu in preference_grid(2)])
     np.testing.assert_allclose(got[:, 0], lam1, atol=1e-12)
     np.testing.assert_allclose(got[:, 1], 1 - lam1, atol=1e-12)
@@ -241,7 +241,7 @@ def argmax_toy(w):
     return np.array([(a + 3 * b) / (a + b), (a - 4 * b) / (a + 4 * b)])
 
 
-# μ_1 | θ_BS | g(RS) | g(BS) | g(θ*)   (bonesoup.md §6.1, notes/toy.py)
+# μ_1 | θ_BS | g(RS) | g(BS) | g(θ*)   (Bone Soup §2.2 Example 1)
 EXAMPLE1 = [
     (0.0, (3.0, -1.2338), 0.0000, -0.2186, 0.0000),
     (0.1, (2.8, -1.1039), -0.8280, -0.8415, -0.7492),

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from tiny_training import train_tiny
 
-from soupkitchen.backbones import backbone_specs
 from soupkitchen.config import ConfigError, Recipe, from_dict, load_recipe, to_dict
 from soupkitchen.preferences import backbone_weights
 from soupkitchen.reward_space import RewardSpace, effective_weights, from_stats, load_or_calibrate
+from soupkitchen.training.specs import backbone_specs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

@@ -1,4 +1,4 @@
-"""infra/: the cluster manifests (checked without a cluster) and the local stack's start/stop behaviour."""
+"""infra/: the cluster manifests (checked without a cluster) and the local services's start/stop behaviour."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from soupkitchen.config import ConfigError
-from soupkitchen.stack import StackConfig, mlflow_service, read_pid, s3_service, start_service
+from soupkitchen.services import ServicesConfig, mlflow_service, read_pid, s3_service, start_service
 from soupkitchen.tracking import check_tracking_uri
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
@@ -81,7 +81,7 @@ def test_rayjob_targets_the_raycluster_and_runs_an_existing_job_with_every_depen
     script = job["spec"]["entrypoint"].split()[1]
     assert (INFRA.parent / script).is_file()
     recipe = job["spec"]["entrypoint"].split("--recipe")[1].split()[0]
-    assert (INFRA.parent / "recipes" / f"{recipe}.yaml").is_file()
+    assert (INFRA.parent / "platform" / "soupkitchen" / "recipes" / f"{recipe}.yaml").is_file()
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert env["env_vars"]["PYTHONPATH"] == "platform" and env["working_dir"].startswith("s3://${S3_BUCKET}/")
     assert set(env["pip"]) == _pyproject_deps()
@@ -98,26 +98,27 @@ def test_rayjob_targets_the_raycluster_and_runs_an_existing_job_with_every_depen
     ServeOptions.from_args(local["args"])
 
 
-def test_stack_config_and_tracking_uri_errors_name_the_field(tmp_path):
+def test_services_config_and_tracking_uri_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"s3_port: .*1024\.\.65535.*--s3-port"):
-        StackConfig(tmp_path, s3_port=80).validate()
+        ServicesConfig(tmp_path, s3_port=80).validate()
     with pytest.raises(ConfigError, match="every service needs its own port"):
-        StackConfig(tmp_path, s3_port=25600, mlflow_port=25600).validate()
+        ServicesConfig(tmp_path, s3_port=25600, mlflow_port=25600).validate()
     with pytest.raises(ConfigError, match="bucket: 'My_Bucket' is not a valid S3 bucket"):
-        StackConfig(tmp_path, bucket="My_Bucket").validate()
-    with pytest.raises(ConfigError, match="host: the local stack binds loopback only"):
-        StackConfig(tmp_path, host="0.0.0.0").validate()
+        ServicesConfig(tmp_path, bucket="My_Bucket").validate()
+    with pytest.raises(ConfigError, match="host: the local services binds loopback only"):
+        ServicesConfig(tmp_path, host="0.0.0.0").validate()
     with pytest.raises(ConfigError, match=r"tracking.tracking_uri: 'localhost:5000' is not a tracking URI"):
         check_tracking_uri("localhost:5000", "tracking.tracking_uri")
     assert check_tracking_uri("http://127.0.0.1:25556", "x")
 
 
-def test_second_start_keeps_the_running_stack_and_a_taken_port_is_refused(local_stack, tmp_path):
-    for svc in (s3_service(local_stack), mlflow_service(local_stack)):
-        pid = read_pid(svc.pid_file(local_stack))
+def test_second_start_keeps_the_running_services_and_a_taken_port_is_refused(local_services, tmp_path):
+    for svc in (s3_service(local_services), mlflow_service(local_services)):
+        pid = read_pid(svc.pid_file(local_services))
         assert pid is not None
-        assert start_service(svc, local_stack) == "running"
-        assert read_pid(svc.pid_file(local_stack)) == pid
-    other = StackConfig(tmp_path, s3_port=local_stack.mlflow_port, mlflow_port=local_stack.s3_port).validate()
-    with pytest.raises(ConfigError, match=rf"port {local_stack.mlflow_port} .* taken .*--s3-port"):
+        assert start_service(svc, local_services) == "running"
+        assert read_pid(svc.pid_file(local_services)) == pid
+    ports = {"s3_port": local_services.mlflow_port, "mlflow_port": local_services.s3_port}
+    other = ServicesConfig(tmp_path, **ports).validate()
+    with pytest.raises(ConfigError, match=rf"port {local_services.mlflow_port} .* taken .*--s3-port"):
         start_service(s3_service(other), other)

@@ -13,7 +13,7 @@ from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ModelConfig, load_recipe
 from soupkitchen.data import SFTExample, load_sft_examples, tiny_prompts
 from soupkitchen.models import load_base_model
-from soupkitchen.sft import MANIFEST, merge_lora, save_merged, tokenize_examples, train_sft
+from soupkitchen.training.sft import MANIFEST, merge_lora, save_merged, tokenize_examples, train_sft
 
 COMPLETION = " happy happy joy"  # leading space: the training text is prompt + completion
 

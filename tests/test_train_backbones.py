@@ -135,13 +135,13 @@ def test_bad_recipe_values_fail_before_any_worker_starts(args, fragment, capsys,
 
 
 def test_preflight_accepts_every_method():
-    import jobs.train_backbones as job
+    from soupkitchen.training.launcher import preflight
 
     recipe = load_recipe("tiny")
-    assert len(job.preflight(recipe, "bone_soup")) == 2
-    assert len(job.preflight(recipe, "morlhf")) == 1
+    assert len(preflight(recipe, "bone_soup")) == 2
+    assert len(preflight(recipe, "morlhf")) == 1
     with pytest.raises(ConfigError):
-        job.preflight(load_recipe("tiny", {"rewards.1.params.keywords": []}), "bone_soup")
+        preflight(load_recipe("tiny", {"rewards.1.params.keywords": []}), "bone_soup")
 
 
 @pytest.mark.slow

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from soupkitchen.backbones import (
-    BackboneSpec,
-    backbone_specs,
-    build_trainer,
-    prompt_schedule,
-    save_checkpoint,
-    write_manifest,
-)
 from soupkitchen.config import to_dict
 from soupkitchen.data import load_prompt_records
+from soupkitchen.manifests import write_manifest
+from soupkitchen.methods import Method
+from soupkitchen.training.specs import BackboneSpec, backbone_specs
+from soupkitchen.training.worker import build_trainer, prompt_schedule, save_checkpoint
 
-METHODS = ("bone_soup", "rewarded_soups", "morlhf")
+METHODS = tuple(Method)
 
 
 def train_tiny(recipe, weights, steps, trainer=None, space=None):
@@ -78,17 +74,17 @@ VALUE_FAST = {  # a few Eq. 16 steps: enough to learn the keyword rewards' direc
 
 def train_value_models(manifest: Path, out: Path):
     """``(dir, value_models.json, metrics)``: the tiny recipe's value models on rollouts of ``manifest``."""
-    import jobs.train_value_models as job
     from soupkitchen.config import load_recipe
+    from soupkitchen.training.values import train_value_models
 
     recipe = load_recipe("tiny", VALUE_FAST)
-    path, metrics = job.run(recipe, str(manifest), out, progress=False)
+    path, metrics = train_value_models(recipe, str(manifest), out, progress=False)
     return out, path, metrics
 
 
 def write_soup(recipe, manifest: Path, values: Path | None, out: Path) -> Path:
     """The Bone Soup bundle of ``manifest`` (γ 1), with the value models in ``values`` shipped along."""
-    from jobs.compare import write_bundles
+    from soupkitchen.comparison import write_bundles
     from soupkitchen.merging import attach_value_models
     from soupkitchen.value_models import load_value_models
 

@@ -20,105 +20,83 @@ the winning α (and γ) written to ``<out>/bundles/bone_soup``. Re-running the s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tune/...`: import jobs.*
+import ray
+from ray import tune
 
-from soupkitchen.config import ConfigError, load_recipe, parse_cli_overrides, to_dict  # noqa: E402
+from soupkitchen import cli, search
+from soupkitchen.comparison import write_bundles
+from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.evaluation import read_source
+from soupkitchen.methods import GUIDED_MODES, Method, Mode, parse
+from soupkitchen.tracking import RunLogger
+from soupkitchen.training.launcher import run_dir, storage_root
+
+parser = cli.recipe_parser(__doc__, "--search.searcher optuna")
+parser.add_argument("--source", required=True, help="Bone Soup backbones manifest.json or soup bundle dir")
+parser.add_argument("--alphas", default=None, help="comma-separated α (default: search.alphas)")
+parser.add_argument("--gammas", default=None, help="comma-separated γ (default: search.gammas); needs --mode")
+parser.add_argument("--mode", default="bone_soup", help="bone_soup (no guidance) or a guided decoding mode")
+parser.add_argument("--value-models", default=None, help="explicit value models dir (mage_e, mage_e_m)")
+parser.add_argument("--run-name", default=None, help="default: <recipe>-alpha-search; reuse it to resume")
+parser.add_argument("--storage", default=None, help="Tune results: local path or s3:// URI")
+parser.add_argument("--out", default=None, help="outputs (default: <storage>/<run-name>)")
 
 
-def parse_args(argv: list[str]):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Any other --section.key VALUE overrides that recipe key, e.g. --search.searcher optuna.",
-    )
-    p.add_argument("--recipe", default="demo")
-    p.add_argument("--source", required=True, help="Bone Soup backbones manifest.json or soup bundle dir")
-    p.add_argument("--alphas", default=None, help="comma-separated α (default: search.alphas)")
-    p.add_argument("--gammas", default=None, help="comma-separated γ (default: search.gammas); needs --mode")
-    p.add_argument("--mode", default="bone_soup", help="bone_soup (no guidance) or a guided decoding mode")
-    p.add_argument("--value-models", default=None, help="explicit value models dir (mage_e, mage_e_m)")
-    p.add_argument("--run-name", default=None, help="default: <recipe>-alpha-search; reuse it to resume")
-    p.add_argument("--storage", default=None, help="Tune results: local path or s3:// URI")
-    p.add_argument("--out", default=None, help="outputs (default: <storage>/<run-name>)")
-    args, rest = p.parse_known_args(argv)
-    return args, parse_cli_overrides(rest)
-
-
+@cli.entry
 def main(argv: list[str] | None = None) -> int:
-    import ray
-    from ray import tune
-
-    import jobs.compare as compare
-    import jobs.train_backbones as train_backbones
-    from soupkitchen import search
-    from soupkitchen.evaluation import read_source
-    from soupkitchen.tracking import RunLogger
-
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        for flag, key in (("--alphas", "search.alphas"), ("--gammas", "search.gammas")):
-            value = getattr(args, flag[2:])
-            if value is not None:
-                overrides[key] = search.parse_floats(value, flag)
-        recipe = load_recipe(args.recipe, overrides)
-        guided = args.mode != "bone_soup"
+    args, overrides = cli.parse_args(parser, argv)
+    for flag, key in (("--alphas", "search.alphas"), ("--gammas", "search.gammas")):
+        value = getattr(args, flag[2:])
+        if value is not None:
+            overrides[key] = search.parse_floats(value, flag)
+    recipe = load_recipe(args.recipe, overrides)
+    mode = parse(Mode, args.mode, "--mode")
+    if mode is Mode.REWARDED_SOUPS:
+        raise ConfigError("--mode", f"a Bone Soup search: use bone_soup or one of {', '.join(GUIDED_MODES)}")
+    guided = mode.guided
+    if not guided and any(g != 0 for g in recipe.search.gammas):
+        raise ConfigError(
+            "search.gammas", "γ is the guidance strength of a guided mode: pass --mode mage_i_m"
+        )
+    source = read_source(args.source, "bone_soup", flag="--source")  # validated before any trial
+    run_name = args.run_name or f"{recipe.name}-alpha-search"
+    storage = storage_root(recipe, args.storage)
+    out = Path(args.out or run_dir(storage, run_name))
+    ray.init(ignore_reinit_error=True)
+    with RunLogger(recipe, f"search_alpha:{run_name}", tags={"soupkitchen.job": "search_alpha"}) as parent:
+        space = {
+            "recipe": recipe,
+            "search": "search_alpha",
+            "parent_run_id": parent.run_id,
+            "source": str(source.path.parent if source.path.name == "manifest.json" else source.path),
+            "alpha": tune.grid_search(sorted(set(recipe.search.alphas))),
+            "mode": mode,
+        }
+        keys = ["alpha"]
         if guided:
-            from soupkitchen.config import DECODING_MODES
-
-            if args.mode not in DECODING_MODES or args.mode == "plain":
-                allowed = ", ".join(["bone_soup", *(m for m in DECODING_MODES if m != "plain")])
-                raise ConfigError("--mode", f"unknown mode {args.mode!r}; choose from {allowed}")
-        elif any(g != 0 for g in recipe.search.gammas):
-            raise ConfigError(
-                "search.gammas", "γ is the guidance strength of a guided mode: pass --mode mage_i_m"
-            )
-        source = read_source(args.source, "bone_soup", flag="--source")  # validated before any trial
-        run_name = args.run_name or f"{recipe.name}-alpha-search"
-        storage = train_backbones._storage(recipe, args.storage)
-        out = Path(args.out or train_backbones._local_out(storage, run_name))
-        ray.init(ignore_reinit_error=True)
-        parent = RunLogger(recipe, f"search_alpha:{run_name}", tags={"soupkitchen.job": "search_alpha"})
-        try:
-            space = {
-                "recipe": to_dict(recipe),
-                "search": "search_alpha",
-                "parent_run_id": parent.run_id,
-                "source": str(source.path.parent if source.path.name == "manifest.json" else source.path),
-                "alpha": tune.grid_search(sorted(set(recipe.search.alphas))),
-                "mode": args.mode,
-            }
-            keys = ["alpha"]
-            if guided:
-                space["gamma"] = tune.grid_search(sorted(set(recipe.search.gammas)))
-                space["value_models"] = args.value_models and str(Path(args.value_models).resolve())
-                keys.append("gamma")
-            name = search.trial_run_name(run_name, space)
-            rows = search.run_search(name, recipe, space, storage, keys)
-            table = search.results_table(rows, keys, out / "alpha_search.csv")
-            winner = search.best(rows)
-            best = {f"best_{k}": winner[k] for k in keys}
-            parent.log_metrics({**best, "best_hypervolume": winner[search.SCORE]}, 0)
-            parent.client.log_artifact(parent.run_id, str(out / "alpha_search.csv"))
-            gamma = winner.get("gamma")
-            if source.path.name == "manifest.json":
-                tuned = search.with_overrides(recipe, soup={"alpha": winner["alpha"], "beta": source.beta})
-                bundle = compare.write_bundles(tuned, {"bone_soup": source.path}, out, gamma=gamma)
-                bundle = bundle["bone_soup"]
-            else:
-                target = out / "bundles" / "bone_soup"
-                bundle = search.retuned_bundle(source.path, target, winner["alpha"], gamma)
-            registered = parent.log_bundle(bundle)  # a new version of soup-<recipe>, alias @candidate
-        except BaseException:
-            parent.finish("FAILED")
-            raise
-        parent.finish()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            space["gamma"] = tune.grid_search(sorted(set(recipe.search.gammas)))
+            space["value_models"] = args.value_models and str(Path(args.value_models).resolve())
+            keys.append("gamma")
+        name = search.trial_run_name(run_name, space)
+        rows = search.run_search(name, recipe, space, storage, keys)
+        table = search.results_table(rows, keys, out / "alpha_search.csv")
+        winner = search.best(rows)
+        best = {f"best_{k}": winner[k] for k in keys}
+        parent.log_metrics({**best, "best_hypervolume": winner[search.SCORE]}, 0)
+        parent.client.log_artifact(parent.run_id, str(out / "alpha_search.csv"))
+        gamma = winner.get("gamma")
+        if source.path.name == "manifest.json":
+            tuned = search.with_overrides(recipe, soup={"alpha": winner["alpha"], "beta": source.beta})
+            bundle = write_bundles(tuned, {Method.BONE_SOUP: source.path}, out, gamma=gamma)
+            bundle = bundle[Method.BONE_SOUP]
+        else:
+            target = out / "bundles" / "bone_soup"
+            bundle = search.retuned_bundle(source.path, target, winner["alpha"], gamma)
+        registered = parent.log_bundle(bundle)  # a new version of soup-<recipe>, alias @candidate
     print(table)
     chosen = ", ".join(f"{k} = {winner[k]}" for k in keys)
     print(

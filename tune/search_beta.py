@@ -15,94 +15,73 @@ Re-running with the same --run-name resumes: finished backbones are reused, eval
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tune/...`: import jobs.*
+from ray import tune
 
-from soupkitchen.config import ConfigError, load_recipe, parse_cli_overrides, to_dict  # noqa: E402
+from soupkitchen import cli, search
+from soupkitchen.comparison import write_bundles
+from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen.methods import Method
+from soupkitchen.tracking import RunLogger
+from soupkitchen.training.launcher import run_dir, storage_root, train_backbones
 
-
-def parse_args(argv: list[str]):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Any other --section.key VALUE overrides that recipe key, e.g. --search.beta_fraction 0.1.",
-    )
-    p.add_argument("--recipe", default="demo")
-    p.add_argument(
-        "--betas", default=None, help="comma-separated β (default: search.betas or soup.beta_candidates)"
-    )
-    p.add_argument("--run-name", default=None, help="default: <recipe>-beta-search; reuse it to resume")
-    p.add_argument(
-        "--storage", default=None, help="local path or s3:// URI (default: distributed.storage_path)"
-    )
-    p.add_argument("--out", default=None, help="outputs (default: <storage>/<run-name>)")
-    p.add_argument("--continue", dest="cont", action="store_true", help="train the best β to ppo.steps")
-    args, rest = p.parse_known_args(argv)
-    return args, parse_cli_overrides(rest)
+parser = cli.recipe_parser(__doc__, "--search.beta_fraction 0.1")
+parser.add_argument(
+    "--betas", default=None, help="comma-separated β (default: search.betas or soup.beta_candidates)"
+)
+parser.add_argument("--run-name", default=None, help="default: <recipe>-beta-search; reuse it to resume")
+parser.add_argument(
+    "--storage", default=None, help="local path or s3:// URI (default: distributed.storage_path)"
+)
+parser.add_argument("--out", default=None, help="outputs (default: <storage>/<run-name>)")
+parser.add_argument("--continue", dest="cont", action="store_true", help="train the best β to ppo.steps")
 
 
 def _betas(args, recipe) -> list[float]:
     if args.betas is None:
         return list(recipe.search.betas or recipe.soup.beta_candidates)
-    from soupkitchen.search import parse_floats
-
-    return parse_floats(args.betas, "--betas")
+    return search.parse_floats(args.betas, "--betas")
 
 
+@cli.entry
 def main(argv: list[str] | None = None) -> int:
-    from ray import tune
-
-    import jobs.compare as compare
-    import jobs.train_backbones as train_backbones
-    from soupkitchen import search
-    from soupkitchen.tracking import RunLogger
-
-    try:
-        args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-        recipe = load_recipe(args.recipe, overrides)
-        betas = _betas(args, recipe)
-        specs = search.beta_specs(recipe, betas)
-        if len(set(betas)) < 2:
-            raise ConfigError("--betas", f"a search needs at least two distinct β, got {betas}")
-        run_name = args.run_name or f"{recipe.name}-beta-search"
-        storage = train_backbones._storage(recipe, args.storage)
-        out = Path(args.out or train_backbones._local_out(storage, run_name))
-        steps = search.short_steps(recipe, recipe.search.beta_fraction)
-        short = search.with_overrides(recipe, ppo={"steps": steps, "checkpoint_every": steps})
-        parent = RunLogger(recipe, f"search_beta:{run_name}", tags={"soupkitchen.job": "search_beta"})
-        try:
-            print(f"β search: {betas}, {len(specs)} backbones × {steps} PPO steps (of {recipe.ppo.steps})")
-            trained = train_backbones.run(short, "bone_soup", run_name, storage, specs=specs)
-            manifests = {b: search.split_beta_manifest(trained, b, out) for b in betas}
-            space = {
-                "recipe": to_dict(recipe),
-                "search": "search_beta",
-                "parent_run_id": parent.run_id,
-                "beta": tune.grid_search(betas),
-                "sources": {f"{b:g}": str(p) for b, p in manifests.items()},  # each trial takes its β's
-            }
-            rows = search.run_search(search.trial_run_name(run_name, space), recipe, space, storage, ["beta"])
-            table = search.results_table(rows, ["beta"], out / "beta_search.csv")
-            winner = search.best(rows)
-            parent.log_metrics({"best_beta": winner["beta"], "best_hypervolume": winner[search.SCORE]}, 0)
-            parent.client.log_artifact(parent.run_id, str(out / "beta_search.csv"))
-            if args.cont:
-                full = search.with_overrides(recipe, soup={"beta": winner["beta"]})
-                chosen = [s for s in specs if s.name.startswith(f"beta{winner['beta']:g}-")]
-                final = train_backbones.run(full, "bone_soup", run_name, storage, specs=chosen)
-                manifest = search.split_beta_manifest(final, winner["beta"], out / "final")
-                bundle = compare.write_bundles(full, {"bone_soup": manifest}, out)["bone_soup"]
-                parent.log_bundle(bundle)  # registered as soup-<recipe>, alias @candidate
-        except BaseException:
-            parent.finish("FAILED")
-            raise
-        parent.finish()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args, overrides = cli.parse_args(parser, argv)
+    recipe = load_recipe(args.recipe, overrides)
+    betas = _betas(args, recipe)
+    specs = search.beta_specs(recipe, betas)
+    if len(set(betas)) < 2:
+        raise ConfigError("--betas", f"a search needs at least two distinct β, got {betas}")
+    run_name = args.run_name or f"{recipe.name}-beta-search"
+    storage = storage_root(recipe, args.storage)
+    out = Path(args.out or run_dir(storage, run_name))
+    steps = search.short_steps(recipe, recipe.search.beta_fraction)
+    short = search.with_overrides(recipe, ppo={"steps": steps, "checkpoint_every": steps})
+    with RunLogger(recipe, f"search_beta:{run_name}", tags={"soupkitchen.job": "search_beta"}) as parent:
+        print(f"β search: {betas}, {len(specs)} backbones × {steps} PPO steps (of {recipe.ppo.steps})")
+        trained = train_backbones(short, Method.BONE_SOUP, run_name, storage, specs=specs)
+        manifests = {b: search.split_beta_manifest(trained, b, out) for b in betas}
+        space = {
+            "recipe": recipe,
+            "search": "search_beta",
+            "parent_run_id": parent.run_id,
+            "beta": tune.grid_search(betas),
+            "sources": {f"{b:g}": str(p) for b, p in manifests.items()},  # each trial takes its β's
+        }
+        rows = search.run_search(search.trial_run_name(run_name, space), recipe, space, storage, ["beta"])
+        table = search.results_table(rows, ["beta"], out / "beta_search.csv")
+        winner = search.best(rows)
+        parent.log_metrics({"best_beta": winner["beta"], "best_hypervolume": winner[search.SCORE]}, 0)
+        parent.client.log_artifact(parent.run_id, str(out / "beta_search.csv"))
+        if args.cont:
+            full = search.with_overrides(recipe, soup={"beta": winner["beta"]})
+            chosen = [s for s in specs if s.name.startswith(f"beta{winner['beta']:g}-")]
+            final = train_backbones(full, Method.BONE_SOUP, run_name, storage, specs=chosen)
+            manifest = search.split_beta_manifest(final, winner["beta"], out / "final")
+            bundle = write_bundles(full, {Method.BONE_SOUP: manifest}, out)[Method.BONE_SOUP]
+            parent.log_bundle(bundle)  # registered as soup-<recipe>, alias @candidate
     print(table)
     print(
         f"best β = {winner['beta']} (hypervolume {winner[search.SCORE]:.4g}); "

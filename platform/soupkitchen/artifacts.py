@@ -25,6 +25,8 @@ from pathlib import Path
 
 from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ConfigError
+from soupkitchen.merging.bundle import load_bundle
+from soupkitchen.paths import data_dir
 
 log = logging.getLogger("soupkitchen.artifacts")
 
@@ -146,8 +148,6 @@ def promote(name: str, version: str | None = None, alias: str = "production", tr
 
 
 def default_cache() -> Path:
-    from soupkitchen.tracking import data_dir
-
     return data_dir() / "artifact-cache"
 
 
@@ -244,6 +244,5 @@ def fetch(uri: str, cache_dir: str | os.PathLike | None = None, tracking_uri: st
 
 def load_soup(uri: str, base_model=None, cache_dir=None, tracking_uri: str | None = None):
     """``merging.bundle.load_bundle`` of a bundle fetched (and verified) by URI."""
-    from soupkitchen.merging.bundle import load_bundle
 
     return load_bundle(fetch(uri, cache_dir, tracking_uri), base_model)

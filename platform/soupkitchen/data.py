@@ -8,7 +8,7 @@ Sources (``data.source``):
 - ``hf:<dataset id>``: ``datasets.load_dataset(id, data.hf_config, split=...)`` (paper-scale: needs network
   or the Hugging Face cache).
 
-Formats (``data.format``), following notes/bonesoup.md §3.2:
+Formats (``data.format``), following Bone Soup A.4 and its public code (the paper recipes in recipes/):
 
 - ``plain``: the prompt is row[``data.prompt_field``];
 - ``hh_rlhf``: the ``chosen`` conversation cut at its last ``"\\n\\nAssistant:"``; eval keeps every 4th

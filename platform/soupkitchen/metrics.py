@@ -1,8 +1,8 @@
 """Front metrics for controllable multi-objective generation (all objectives are MAXIMISED).
 
 A front is `points` [N, n] with `preferences` [N, n]: points[k] is the mean reward vector obtained with
-preference preferences[k]. Definitions follow Bone Soups A.5 (Eqs. 10-14, notes/bonesoup.md §2) and
-MOC §3 / Appendix I (Eqs. 24-25, notes/moc.md §3), with the typos resolved as the notes say.
+preference preferences[k]. Definitions follow Bone Soups A.5 (Eqs. 10-14, docs/metrics.md) and
+MOC §3 / Appendix I (Eqs. 24-25), with the typos resolved as docs/metrics.md says.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def pareto_mask(points: ArrayLike) -> np.ndarray:
 
 
 def inner_product(points: ArrayLike, preferences: ArrayLike) -> float:
-    """IP (Bone Soups Eq. 12) averaged over the front: (1/N) Σ_k μ_kᵀ r_k (notes/bonesoup.md §8.2)."""
+    """IP (Bone Soups Eq. 12) averaged over the front: (1/N) Σ_k μ_kᵀ r_k (docs/metrics.md)."""
     p, mu = _as_front(points, preferences)
     return float(np.mean(np.sum(p * mu, axis=1)))
 
@@ -79,7 +79,7 @@ def controllability(points: ArrayLike, preferences: ArrayLike) -> float:
 
         C = 1/(N(N−1)) Σ_{i≠j} 1[ ∧_k sign(μ_{i,k} − μ_{j,k}) = sign(r_k(S_i) − r_k(S_j)) ].
 
-    Ties (⚠ bonesoup.md §2, undefined in the paper): objectives k with μ_{i,k} = μ_{j,k} are skipped, and
+    Ties (undefined in the paper, docs/metrics.md): objectives k with μ_{i,k} = μ_{j,k} are skipped, and
     pairs with identical μ are left out of numerator and denominator. On distinct 2-objective preferences
     this is Eq. 10 verbatim. NaN when fewer than two distinct preferences.
     """
@@ -97,7 +97,7 @@ def _preference_order(preferences: np.ndarray) -> np.ndarray:
 
 
 def sparsity(points: ArrayLike, preferences: ArrayLike) -> float:
-    """Sparsity (Bone Soups Eq. 13 with its missing Σ and n−1 → N−1 fixed, bonesoup.md §8.3):
+    """Sparsity (Bone Soups Eq. 13 with its missing Σ and n−1 → N−1 fixed, docs/metrics.md):
 
         Sp = 1/(N−1) Σ_{i=2}^{N} ‖r_i − r_{i−1}‖²   over points ordered by preference (lexicographic μ).
 
@@ -115,7 +115,7 @@ def _pairwise_distances(p: np.ndarray) -> np.ndarray:
 
 
 def spacing(points: ArrayLike) -> float:
-    """Spacing (Bone Soups Eq. 14, typo p_i → d_i fixed, bonesoup.md §8.4):
+    """Spacing (Bone Soups Eq. 14, typo p_i → d_i fixed, docs/metrics.md):
 
         S = sqrt( (1/N) Σ_i (d_i − d̄)² ),  d_i = min_{j≠i} ‖r_i − r_j‖₂,  d̄ = (1/N) Σ_i d_i.
 

@@ -1,10 +1,10 @@
 """Preferences μ on the simplex and the Bone Soup / Rewarded Soups merging algebra.
 
-Notation follows Bone Soups (Xie et al. 2025, notes/bonesoup.md §1): n objectives, a preference μ ∈ Δ_n,
+Notation of Bone Soups (Xie et al. 2025, docs/methods/bone_soup.md): n objectives, a preference μ ∈ Δ_n,
 n backbones θ_i trained on h_i = w_iᵀ r (Eq. 6), B = [w_1, ..., w_n] the symmetric circulant of Eq. 8,
 merging coefficients λ = B⁻¹μ (§3.3) and extrapolation away from θ_sft with α (Eq. 9).
 
-Everything here returns the *per-row adapter coefficients* c of ARCHITECTURE.md: the merged model is
+Everything here returns the *per-row adapter coefficients* c of docs/architecture.md: the merged model is
 θ = θ_sft + Σ_i c_i (θ_i − θ_sft). Negative c_i are legal (extrapolation) and are never clipped.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -172,8 +173,43 @@ def merge_coefficients(mu: ArrayLike, beta: float | None = None, alpha: float = 
     β = None is Rewarded Soups (B = I, λ = μ). Eq. 9 extrapolates from θ_sft: θ̂ᵇ = (1 + α)θ̂ − αθ_sft
     = θ_sft + Σ_i (1 + α) λ_i (θ_i − θ_sft), so the returned c sums to 1 + α and θ_sft gets −α.
     """
-    mu = validate_preference(mu)
-    return (1.0 + _check_alpha(alpha)) * _solve(mu, beta)
+    return Preference.of(mu).coefficients(beta, _check_alpha(alpha))
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A preference μ ∈ Δ_n validated once, where it entered (``Preference.of``; the HTTP protocol model): the
+    layers it travels through (decoding plans, the merge coefficients) take it as is and only assert."""
+
+    weights: tuple[float, ...]
+
+    def __post_init__(self):
+        w = self.weights
+        assert w and all(math.isfinite(x) and x >= 0 for x in w) and abs(sum(w) - 1.0) <= SUM_TOL, w
+
+    @classmethod
+    def of(cls, mu: ArrayLike | Preference, n: int | None = None) -> Preference:
+        """μ checked by ``validate_preference`` (ValueError naming the problem); a Preference as it is."""
+        if isinstance(mu, Preference):
+            if n is not None and len(mu) != n:
+                raise ValueError(f"preference mu has {len(mu)} entries but there are {n} objectives")
+            return mu
+        return cls(tuple(validate_preference(mu, n).tolist()))
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.weights)
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.array(self.weights, dtype=np.float64)
+
+    def coefficients(self, beta: float | None = None, alpha: float = 0.0) -> np.ndarray:
+        """c = (1 + α) B(β)⁻¹μ (``merge_coefficients``), α validated where it entered (asserted here)."""
+        assert math.isfinite(alpha) and alpha >= 0, alpha
+        return (1.0 + alpha) * _solve(self.array, beta)
 
 
 def merge_coefficients_per_objective(
@@ -181,7 +217,7 @@ def merge_coefficients_per_objective(
 ) -> np.ndarray:
     """Backbone coefficients of the released-code extrapolation: c = B⁻¹(k ⊙ μ), k_j = 1/(1 − a_j).
 
-    The Bone Soups code (notes/bonesoup.md §1.5) picks one a_j ∈ [0, 1) per objective j on validation and
+    The Bone Soups code (docs/methods/bone_soup.md) picks one a_j ∈ [0, 1) per objective j on validation and
     builds θ̂ = θ_sft + Σ_i c_i (θ_i − θ_sft) (θ_sft gets Σ_j μ_j (1 − k_j)). With one a for all objectives
     this is merge_coefficients(μ, β, α) with α = a/(1 − a) (not α = a).
     """

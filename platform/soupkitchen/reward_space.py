@@ -28,6 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from soupkitchen.config import ConfigError, NormalizationConfig, Recipe, from_dict, to_dict
+from soupkitchen.data import load_prompt_records
+from soupkitchen.generation import generate_batch
+from soupkitchen.models import format_prompt, load_base_model, resolve_device
+from soupkitchen.rewards import build_rewards
 from soupkitchen.rewards.normalization import RewardNormalizer
 
 FORMAT = "soupkitchen.reward_space/v1"
@@ -179,7 +183,6 @@ def from_stats(recipe: Recipe, raw: np.ndarray, source: str) -> RewardSpace:
 
 def calibration_prompts(recipe: Recipe) -> list:
     """A seeded sample of ``reward_space.num_prompts`` training prompt records, each repeated per sample."""
-    from soupkitchen.data import load_prompt_records
 
     records = load_prompt_records(recipe.data, "train")
     k = min(recipe.reward_space.num_prompts, len(records))
@@ -192,8 +195,6 @@ def calibrate(recipe: Recipe, model, tokenizer, rewards, device: str = "cpu") ->
     recipe's sampling settings, score raw rewards, and freeze the space. Deterministic for a fixed seed."""
     import torch
 
-    from soupkitchen.generation import generate_batch
-    from soupkitchen.models import format_prompt
 
     records = calibration_prompts(recipe)
     raw, bs = [], recipe.eval.batch_size
@@ -227,8 +228,6 @@ def calibrate(recipe: Recipe, model, tokenizer, rewards, device: str = "cpu") ->
 
 def calibrate_recipe(recipe: Recipe, device: str | None = None) -> RewardSpace:
     """:func:`calibrate` with W0 and the rewards loaded from the recipe (a launcher's calibration step)."""
-    from soupkitchen.models import load_base_model, resolve_device
-    from soupkitchen.rewards import build_rewards
 
     device = device or resolve_device(recipe.device)
     model, tokenizer = load_base_model(recipe.model, device=device)

@@ -1,4 +1,4 @@
-"""Hyperparameter searches that maximise front hypervolume on the validation prompts (notes/bonesoup.md §1.8).
+"""Hyperparameter searches that maximise front hypervolume on validation prompts (docs/methods/bone_soup.md).
 
 β ("seek", Bone Soup §5.2.1): for each candidate β the n backbones (w_i = columns of B(β)) are trained for
 ``search.beta_fraction`` of ``ppo.steps``, all (β, i) at once as trials of one launcher; then one evaluation
@@ -17,15 +17,27 @@ reports to Tune (the Ray dashboard's Tune view); ``results_table`` sorts the tri
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import tempfile
 from pathlib import Path
 
-from soupkitchen.backbones import BackboneSpec
+import ray.tune
+from ray import tune
+
 from soupkitchen.bootstrap import format_interval, winner_separated
 from soupkitchen.config import ConfigError, Recipe, from_dict, to_dict
+from soupkitchen.evaluation import alpha_label, build_plan, evaluate, load_mixed, read_source, write_outputs
+from soupkitchen.manifests import BackboneManifest, write_manifest
+from soupkitchen.merging import load_bundle, write_bundle
+from soupkitchen.methods import Method, Mode
+from soupkitchen.models import resolve_device
 from soupkitchen.preferences import backbone_weights
-from soupkitchen.reward_space import RewardSpace
+from soupkitchen.rewards import build_rewards
+from soupkitchen.tracking import RunLogger
+from soupkitchen.training.specs import BackboneSpec
+from soupkitchen.value_models import load_value_models
 
 SCORE = "hypervolume"
 
@@ -69,18 +81,14 @@ def with_overrides(recipe: Recipe, **sections) -> Recipe:
 
 def split_beta_manifest(manifest: Path, beta: float, out: Path) -> Path:
     """The β-run manifest restricted to one β's backbones, as a ``bone_soup`` manifest with that β."""
-    import json
-
-    from soupkitchen.backbones import write_manifest
-
-    doc = json.loads(Path(manifest).read_text())
-    recipe = with_overrides(from_dict(Recipe, doc["recipe"]), soup={"beta": beta})
+    doc = BackboneManifest.read(manifest)
+    recipe = with_overrides(doc.recipe_config(), soup={"beta": beta})
     prefix = f"beta{beta:g}-"
-    entries = [b for b in doc["backbones"] if b["name"].startswith(prefix)]
+    entries = [b for b in doc.backbones if b.name.startswith(prefix)]
     if len(entries) != len(recipe.objectives):
         raise ConfigError("search.betas", f"manifest {manifest} has {len(entries)} backbones for β={beta}")
-    space = RewardSpace.of_manifest(doc, str(manifest))
-    return write_manifest(out / f"beta{beta:g}" / "manifest.json", recipe, "bone_soup", entries, space)
+    path = out / f"beta{beta:g}" / "manifest.json"
+    return write_manifest(path, recipe, Method.BONE_SOUP, entries, doc.space)
 
 
 _CACHE: dict = {}  # per trial actor: survives between trials when Tune reuses the actor
@@ -88,7 +96,6 @@ _CACHE: dict = {}  # per trial actor: survives between trials when Tune reuses t
 
 def front_trial(config: dict) -> None:
     """Tune trainable: one front evaluation (``evaluate_config``), reported to Tune."""
-    import ray.tune
 
     ray.tune.report(evaluate_config(config, _CACHE))
 
@@ -96,8 +103,6 @@ def front_trial(config: dict) -> None:
 def trial_run_name(run_name: str, space: dict) -> str:
     """``<run>-eval-<hash of the searched values>``: a changed grid starts a new Tune experiment instead of
     restoring a stale one; the same grid resumes (``Tuner.restore``)."""
-    import hashlib
-    import json
 
     searched = {k: v for k, v in space.items() if k not in ("recipe", "parent_run_id")}
     digest = hashlib.sha256(json.dumps(searched, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -109,7 +114,6 @@ def run_search(
 ) -> list[dict]:
     """Run (or resume, with ``Tuner.restore``) the evaluation trials of ``param_space`` (``tune.grid_search``
     values, or plain lists handed to the optuna searcher); returns one row per trial, errors included."""
-    from ray import tune
 
     s = recipe.search
     resources = {"CPU": s.cpus_per_trial} | ({"GPU": s.gpus_per_trial} if recipe.distributed.use_gpu else {})
@@ -145,7 +149,6 @@ def run_search(
 
 def _optuna(space: dict, keys: list[str]):
     """Bayesian search (Ray Tune's OptunaSearch) over [min, max] of each grid in ``keys``."""
-    from ray import tune
 
     try:
         from ray.tune.search.optuna import OptunaSearch
@@ -165,36 +168,21 @@ def evaluate_config(config: dict, cache: dict) -> dict:
     bundle) at its α, or with ``mode`` (mage_i_m, mage_e_m, mod, ...) the guided front at α and γ.
     ``cache`` keeps (model, tokenizer, rewards) per adapter stack. Logs an MLflow child run with the front
     plot; returns the metrics for Tune."""
-    import tempfile
 
-    from soupkitchen.evaluation import (
-        alpha_label,
-        build_plan,
-        evaluate,
-        load_mixed,
-        read_source,
-        write_outputs,
-    )
-    from soupkitchen.models import resolve_device
-    from soupkitchen.rewards import build_rewards
-    from soupkitchen.tracking import RunLogger
-
-    recipe = from_dict(Recipe, config["recipe"]).validate()
+    recipe: Recipe = config["recipe"]  # the validated object, as the search passed it
     alpha = float(config.get("alpha", 0.0))
     recipe = with_overrides(recipe, eval={"alphas": [alpha]}, soup={"alpha": alpha})
     path = config.get("source") or config["sources"][f"{config['beta']:g}"]
     source = read_source(path, "bone_soup", flag="source")
-    mode = config.get("mode", "bone_soup")
+    mode = Mode(config.get("mode", Mode.BONE_SOUP))
     values = None
     if config.get("value_models"):
-        from soupkitchen.value_models import load_value_models
-
         values = load_value_models(config["value_models"])
     plan = build_plan(
         recipe,
         {"bone_soup": source},
         include_sft=False,
-        modes=[] if mode == "bone_soup" else [mode],
+        modes=[mode] if mode.guided else [],
         gamma=config.get("gamma"),
         value_models=values,
     )
@@ -213,7 +201,7 @@ def evaluate_config(config: dict, cache: dict) -> dict:
         parent_run_id=config.get("parent_run_id"),
         tags={"soupkitchen.job": "search_trial"},
     )
-    try:
+    with logger:
         result = evaluate(
             plan, recipe, split="validation", model=model, tokenizer=tok, rewards=rewards, progress=False
         )
@@ -227,10 +215,6 @@ def evaluate_config(config: dict, cache: dict) -> dict:
             files = write_outputs(result, tmp, title=f"{recipe.name} {params}")
             for f in (files["plot"], files["points"]):
                 logger.client.log_artifact(logger.run_id, str(f))
-    except BaseException:
-        logger.finish("FAILED")
-        raise
-    logger.finish()
     clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else -1.0) for k, v in metrics.items()}
     return clean | {"mlflow_run_id": logger.run_id}
 
@@ -243,7 +227,6 @@ def _params(params: dict):
 
 def retuned_bundle(source: Path, out: Path, alpha: float, gamma: float | None = None) -> Path:
     """A copy of the soup bundle ``source`` with the searched α (and γ) written into ``bundle.json``."""
-    from soupkitchen.merging import load_bundle, write_bundle
 
     b = load_bundle(source)
     write_bundle(

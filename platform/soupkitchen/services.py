@@ -1,13 +1,13 @@
-"""The local stack on loopback: an S3 endpoint (moto server), an MLflow tracking server (SQLite backend
+"""The local services on loopback: an S3 endpoint (moto server), an MLflow tracking server (SQLite backend
 store, ``s3://`` artifact root on that endpoint) and a Ray head with token auth.
 
-``infra/stack.py`` is the command line (``up``/``status``/``down``/``env``); the test fixtures use the same
+``infra/services.py`` is the command line (``up``/``status``/``down``/``env``); the test fixtures use the same
 functions. Each service has a pid file and a health check under the state directory:
 
 - ``start`` waits until a service answers its health check; a service that already answers is left alone
-  (a second ``up`` never clobbers a running stack); a port held by something else is an error naming the
-  flag to change.
-- ``stop`` ends only the processes this stack started (by pid, process group, or for Ray the processes
+  (a second ``up`` never clobbers running services); a port held by something else is an error naming
+  the flag to change.
+- ``stop`` ends only the processes these services started (by pid, process group, or for Ray those
   of its own ``--temp-dir``), never every Ray or Python process on the machine.
 - moto keeps its objects in memory: ``stop`` snapshots every bucket to ``<state>/s3`` and ``start``
   restores the snapshot, so stopping and restarting the endpoint loses nothing that was uploaded.
@@ -32,7 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from soupkitchen.config import ConfigError
+from pydantic import Field, field_validator, model_validator
+
+from soupkitchen.config import ConfigError, Schema
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORTS = {"s3": 25555, "mlflow": 25556, "ray": 26379, "ray_dashboard": 28265}
@@ -44,9 +46,12 @@ LOCAL_AWS = {
 }
 
 
-@dataclass
-class StackConfig:
-    state_dir: Path
+class ServicesConfig(Schema):
+    """Where the local services keep their state (pid files, logs, stores; resolved to an absolute path) and
+    the loopback ports they listen on (each its own, 1024..65535; ``infra/services.py`` flags). Checked when
+    built: a ConfigError names the field (and the flag to change)."""
+
+    state_dir: Path = Field(strict=False)  # a str is read as a path
     host: str = LOOPBACK
     s3_port: int = DEFAULT_PORTS["s3"]
     mlflow_port: int = DEFAULT_PORTS["mlflow"]
@@ -55,18 +60,34 @@ class StackConfig:
     bucket: str = "soupkitchen"
     ray_cpus: int | None = None
 
-    def validate(self) -> StackConfig:
-        self.state_dir = Path(self.state_dir).expanduser().resolve()
+    def __init__(self, state_dir: Path | str | None = None, /, **data):
+        if state_dir is not None:
+            data["state_dir"] = state_dir
+        super().__init__(**data)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, state_dir: Path) -> Path:
+        return state_dir.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _loopback_ports_bucket(self):
         if self.host not in (LOOPBACK, "localhost"):
-            raise ConfigError("host", f"the local stack binds loopback only (127.0.0.1), got {self.host!r}")
+            raise ConfigError(
+                "host", f"the local services binds loopback only (127.0.0.1), got {self.host!r}"
+            )
         ports = {f: getattr(self, f) for f in ("s3_port", "mlflow_port", "ray_port", "ray_dashboard_port")}
         for name, port in ports.items():
-            if isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535:
+            if not 1024 <= port <= 65535:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(name, f"must be an integer port in 1024..65535, got {port!r} (set {flag})")
         if len(set(ports.values())) != len(ports):
             raise ConfigError("ports", f"every service needs its own port, got {ports}")
         validate_bucket(self.bucket, "bucket")
+        return self
+
+    def validate(self) -> ServicesConfig:
+        """The config itself: it is checked whenever it is built or a field is assigned."""
         return self
 
     @property
@@ -86,7 +107,7 @@ class StackConfig:
         return f"http://{LOOPBACK}:{self.ray_dashboard_port}"
 
     def client_env(self) -> dict[str, str]:
-        """What a job (or a test) needs in its environment to use this stack."""
+        """What a job (or a test) needs in its environment to use these services."""
         return {
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
@@ -136,7 +157,7 @@ def _pid_alive(pid: int) -> bool:
 
 @dataclass
 class Service:
-    """One long-running process of the stack: how to start it and how to tell it is ready."""
+    """One long-running process of the local services: how to start it and how to tell it is ready."""
 
     name: str
     port: int
@@ -147,10 +168,10 @@ class Service:
     after_start: Callable[[], None] | None = None
     before_stop: Callable[[], None] | None = None
 
-    def pid_file(self, cfg: StackConfig) -> Path:
+    def pid_file(self, cfg: ServicesConfig) -> Path:
         return cfg.state_dir / f"{self.name}.pid"
 
-    def log_file(self, cfg: StackConfig) -> Path:
+    def log_file(self, cfg: ServicesConfig) -> Path:
         return cfg.state_dir / f"{self.name}.log"
 
 
@@ -162,7 +183,7 @@ def read_pid(path: Path) -> int | None:
     return pid if _pid_alive(pid) else None
 
 
-def start_service(svc: Service, cfg: StackConfig, timeout: float = 300.0) -> str:
+def start_service(svc: Service, cfg: ServicesConfig, timeout: float = 300.0) -> str:
     """Start ``svc`` unless it already runs; wait for its health check. Returns 'started' or 'running'."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     pid = read_pid(svc.pid_file(cfg))
@@ -171,7 +192,7 @@ def start_service(svc: Service, cfg: StackConfig, timeout: float = 300.0) -> str
     if pid is not None:
         raise RuntimeError(
             f"{svc.name}: process {pid} (pid file {svc.pid_file(cfg)}) runs but does not answer its health "
-            f"check; see {svc.log_file(cfg)}, or `infra/stack.py down` first"
+            f"check; see {svc.log_file(cfg)}, or `infra/services.py down` first"
         )
     if port_open(svc.port):
         raise ConfigError(
@@ -225,7 +246,7 @@ def _terminate_group(pid: int, grace: float = 15.0) -> None:
         os.waitpid(pid, os.WNOHANG)  # reap it if it was our child
 
 
-def stop_service(svc: Service, cfg: StackConfig) -> str:
+def stop_service(svc: Service, cfg: ServicesConfig) -> str:
     pid = read_pid(svc.pid_file(cfg))
     if pid is None:
         svc.pid_file(cfg).unlink(missing_ok=True)
@@ -293,7 +314,7 @@ def restore_s3(endpoint: str, directory: Path, bucket: str) -> int:
     return count
 
 
-def s3_service(cfg: StackConfig) -> Service:
+def s3_service(cfg: ServicesConfig) -> Service:
     snap = cfg.state_dir / "s3"
     return Service(
         name="s3",
@@ -309,7 +330,7 @@ def s3_service(cfg: StackConfig) -> Service:
 # --- MLflow tracking server ---------------------------------------------------------------------------------
 
 
-def mlflow_service(cfg: StackConfig) -> Service:
+def mlflow_service(cfg: ServicesConfig) -> Service:
     exe = Path(sys.executable).with_name("mlflow")
     return Service(
         name="mlflow",
@@ -343,7 +364,7 @@ def mlflow_service(cfg: StackConfig) -> Service:
 # --- Ray head -----------------------------------------------------------------------------------------------
 
 
-def _ray(cfg: StackConfig, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _ray(cfg: ServicesConfig, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("ray")
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -357,17 +378,17 @@ def _ray(cfg: StackConfig, *args: str, check: bool = True) -> subprocess.Complet
     )
 
 
-def ray_temp_dir(cfg: StackConfig) -> Path:
+def ray_temp_dir(cfg: ServicesConfig) -> Path:
     # Ray's unix socket paths must stay under ~107 bytes: keep its temp dir short.
     return Path("/tmp") / f"sk-ray-{cfg.ray_port}"
 
 
-def ray_healthy(cfg: StackConfig) -> bool:
+def ray_healthy(cfg: ServicesConfig) -> bool:
     # With RAY_AUTH_MODE=token the dashboard answers 401 to a request without the token: it is up.
     return http_ok(f"{cfg.ray_dashboard}/api/version", also=(401,))
 
 
-def start_ray(cfg: StackConfig, timeout: float = 180.0) -> str:
+def start_ray(cfg: ServicesConfig, timeout: float = 180.0) -> str:
     if ray_healthy(cfg):
         return "running"
     for port, flag in ((cfg.ray_port, "--ray-port"), (cfg.ray_dashboard_port, "--ray-dashboard-port")):
@@ -398,8 +419,8 @@ def start_ray(cfg: StackConfig, timeout: float = 180.0) -> str:
     return "started"
 
 
-def _ray_processes(cfg: StackConfig) -> list:
-    """Processes of this stack's Ray head: those whose command line names its own temp dir or GCS port."""
+def _ray_processes(cfg: ServicesConfig) -> list:
+    """Processes of this set's Ray head: those whose command line names its own temp dir or GCS port."""
     import psutil
 
     marks = (str(ray_temp_dir(cfg)), f"--gcs_server_port={cfg.ray_port}", f"{LOOPBACK}:{cfg.ray_port}")
@@ -411,7 +432,7 @@ def _ray_processes(cfg: StackConfig) -> list:
     return procs
 
 
-def stop_ray(cfg: StackConfig, grace: float = 15.0) -> str:
+def stop_ray(cfg: ServicesConfig, grace: float = 15.0) -> str:
     import psutil
 
     procs = _ray_processes(cfg)
@@ -427,15 +448,15 @@ def stop_ray(cfg: StackConfig, grace: float = 15.0) -> str:
     return "stopped"
 
 
-# --- the whole stack ----------------------------------------------------------------------------------------
+# --- all services ----------------------------------------------------------------------------------------
 
 
-def services(cfg: StackConfig) -> list[Service]:
+def services(cfg: ServicesConfig) -> list[Service]:
     """In start order (MLflow needs S3 for its artifact root)."""
     return [s3_service(cfg), mlflow_service(cfg)]
 
 
-def up(cfg: StackConfig, with_ray: bool = True) -> dict[str, str]:
+def up(cfg: ServicesConfig, with_ray: bool = True) -> dict[str, str]:
     cfg.validate()
     out = {svc.name: start_service(svc, cfg) for svc in services(cfg)}
     if with_ray:
@@ -443,7 +464,7 @@ def up(cfg: StackConfig, with_ray: bool = True) -> dict[str, str]:
     return out
 
 
-def down(cfg: StackConfig, with_ray: bool = True) -> dict[str, str]:
+def down(cfg: ServicesConfig, with_ray: bool = True) -> dict[str, str]:
     cfg.validate()
     out = {}
     if with_ray:
@@ -453,6 +474,6 @@ def down(cfg: StackConfig, with_ray: bool = True) -> dict[str, str]:
     return out
 
 
-def status(cfg: StackConfig) -> dict[str, bool]:
+def status(cfg: ServicesConfig) -> dict[str, bool]:
     cfg.validate()
     return {**{svc.name: svc.healthy() for svc in services(cfg)}, "ray": ray_healthy(cfg)}

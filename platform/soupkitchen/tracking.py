@@ -1,6 +1,6 @@
 """MLflow tracking for jobs. With no ``tracking.tracking_uri`` (and no MLFLOW_TRACKING_URI) runs go to a
 local SQLite store under the data directory, so every job is tracked without any server running; with a
-tracking server (``infra/stack.py``, or a cluster's) artifacts go to its ``s3://`` artifact root.
+tracking server (``infra/services.py``, or a cluster's) artifacts go to its ``s3://`` artifact root.
 
 Every run gets its recipe twice: flattened params (``ppo.kl_coef``...) and ``recipe.yaml``. Child runs
 (each backbone of a ``train_backbones`` run) carry ``mlflow.parentRunId`` and ``soupkitchen.parent_run``.
@@ -24,7 +24,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from soupkitchen.artifacts import check_model_name, register, set_aliases, stage_directory
 from soupkitchen.config import ConfigError, Recipe, to_dict
+from soupkitchen.paths import data_dir
 
 log = logging.getLogger("soupkitchen.tracking")
 
@@ -32,14 +34,6 @@ METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 # The MLflow client retries a failed request 7 times with backoff factor 2 (minutes); the outbox below
 # retries on its own, so a training step waits seconds, not minutes, while the server is down.
 _CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-
-
-def data_dir() -> Path:
-    from soupkitchen.models import cache_root
-
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def tracking_uri(recipe: Recipe | None = None) -> str:
@@ -165,7 +159,6 @@ class RunLogger:
         """Log ``directory`` (or only ``files`` of it) under ``artifact_path`` with a sha256 manifest and,
         with ``register_as``, register it as a new version of that model with ``aliases``. The directory
         is copied first, so the caller may delete it as soon as this returns, uploaded or not."""
-        from soupkitchen.artifacts import check_model_name, stage_directory
 
         if register_as is not None:
             check_model_name(register_as)
@@ -208,7 +201,6 @@ class RunLogger:
         return True
 
     def _deliver(self, u: _Upload) -> None:
-        from soupkitchen.artifacts import register, set_aliases
 
         if not u.uploaded:
             if u.local.is_dir():
@@ -223,6 +215,13 @@ class RunLogger:
             set_aliases(self.client, u.register_as, u.version, u.aliases)
             log.info("registered %s version %s @%s", u.register_as, u.version, ",@".join(u.aliases))
         shutil.rmtree(u.local.parent, ignore_errors=True)
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Close the run: FINISHED, or FAILED when the block raised (a run is never left RUNNING)."""
+        self.finish("FINISHED" if exc_type is None else "FAILED")
 
     def finish(self, status: str = "FINISHED") -> int:
         """Flush (retrying for ``tracking.upload_retry_s``), close the run; return how many items (metric
@@ -281,9 +280,8 @@ class BackboneLogger(RunLogger):
         self.log_checkpoint(checkpoint_dir, "adapter", "backbone_adapter", files, register_as=name, tags=tags)
         return name
 
-    def finish(self, normalizer_state: dict | None = None) -> int:
-        if normalizer_state is not None:  # through the outbox like everything else
-            f = self._spool_dir() / "reward_normalizer.json"
-            f.write_text(json.dumps(normalizer_state, indent=1))
-            self.uploads.append(_Upload(f, None))
-        return super().finish()
+    def log_normalizer(self, state: dict) -> None:
+        """The backbone's reward normaliser state, through the outbox like everything else."""
+        f = self._spool_dir() / "reward_normalizer.json"
+        f.write_text(json.dumps(state, indent=1))
+        self.uploads.append(_Upload(f, None))

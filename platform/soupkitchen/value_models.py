@@ -1,4 +1,4 @@
-"""Explicit value models for MAGE-E (notes/mage.md §1.3): one LoRA adapter per objective over W0.
+"""Explicit value models for MAGE-E (docs/methods/mage.md): one LoRA adapter per objective over W0.
 
 The adapter's LM-head logits are read as Q-values through a *residual head*: for candidate token v,
 
@@ -29,7 +29,6 @@ the residual head) and are refused with an error naming ``--value-models``: retr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -42,7 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soupkitchen.config import ConfigError, LoraConfig, Recipe, to_dict
+from soupkitchen.checkpoint import sha256_of
+from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, read_format, replace, to_dict
+from soupkitchen.data import load_prompt_records
+from soupkitchen.generation import generate_batch
+from soupkitchen.merging import load_adapter_state, parse_adapter, use_coefficients
+from soupkitchen.models import attach_lora, format_prompt, left_pad_position_ids, load_base_model
+from soupkitchen.rewards import build_rewards
 
 VALUE_FORMAT = "soupkitchen.value_models/v1"
 VALUE_HEAD = "residual"  # Q = logits(W0 + ΔV) − logits(W0)
@@ -60,7 +65,7 @@ class Rollout:
 def value_lora(recipe: Recipe) -> LoraConfig:
     """The recipe's LoRA (same targets, so value adapters stack with backbones), r / α overridable."""
     vm = recipe.value_model
-    return dataclasses.replace(
+    return replace(
         recipe.lora,
         r=vm.lora_r or recipe.lora.r,
         alpha=vm.lora_alpha or recipe.lora.alpha,
@@ -83,11 +88,6 @@ def collect_rollouts(
     ``model`` (a mixed model over the backbones, or W0 when every c is empty) and score all objectives."""
     from tqdm.auto import tqdm
 
-    from soupkitchen.data import load_prompt_records
-    from soupkitchen.generation import generate_batch
-    from soupkitchen.merging import use_coefficients
-    from soupkitchen.models import format_prompt
-    from soupkitchen.rewards import build_rewards
 
     vm = recipe.value_model
     rewards = rewards or build_rewards(recipe.rewards, device=device)
@@ -149,7 +149,6 @@ def collate(rollouts: Sequence[Rollout], pad_id: int, device="cpu"):
 
 def _taken_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """logits[t−1][y_t] of every position t ≥ 1: [B, L−1]."""
-    from soupkitchen.models import left_pad_position_ids
 
     logits = model(input_ids=ids, attention_mask=mask, position_ids=left_pad_position_ids(mask)).logits
     return logits[:, :-1].float().gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -240,7 +239,6 @@ def train_value_model(
     """
     from peft import get_peft_model_state_dict
 
-    from soupkitchen.models import attach_lora, load_base_model
 
     vm = recipe.value_model
     if not 0 <= objective < len(recipe.objectives):
@@ -295,7 +293,6 @@ class ValueModels:
 
     @property
     def adapters(self) -> list[dict[str, torch.Tensor]]:
-        from soupkitchen.merging import load_adapter_state
 
         return [load_adapter_state(f) for f in self.files]
 
@@ -311,8 +308,6 @@ def write_value_models(
     written to a temp dir and renamed into place; ``states`` maps every objective to its adapter."""
     from safetensors.torch import save_file
 
-    from soupkitchen.checkpoint import sha256_of
-    from soupkitchen.merging import parse_adapter
 
     directory = Path(directory)
     if set(states) != set(recipe.objectives):
@@ -361,8 +356,6 @@ def write_value_models(
 def load_value_models(directory: str | Path, flag: str = "--value-models") -> ValueModels:
     """Read and check a value-model directory (format, head, one adapter per objective, files, sha256);
     a manifest without ``"head": "residual"`` (raw-logit value models) is refused: retrain it."""
-    from soupkitchen.checkpoint import sha256_of
-    from soupkitchen.config import from_dict, read_format
 
     directory = Path(directory)
     path = directory / "value_models.json" if directory.is_dir() else directory

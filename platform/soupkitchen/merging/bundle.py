@@ -32,6 +32,7 @@ from torch import nn
 
 from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ConfigError, ModelConfig, from_dict, to_dict
+from soupkitchen.manifests import BackboneManifest
 from soupkitchen.merging.mixed import (
     LoraSpec,
     build_mixed_model,
@@ -40,6 +41,7 @@ from soupkitchen.merging.mixed import (
     parse_adapter,
     stack_adapters,
 )
+from soupkitchen.models import load_base_model
 from soupkitchen.preferences import circulant_matrix, merge_coefficients
 from soupkitchen.reward_space import RewardSpace
 
@@ -101,7 +103,6 @@ class Bundle:
 
     def load_base_model(self, device: str = "cpu"):
         """``(model, tokenizer)`` from ``base["model"]`` (a ModelConfig as dict) via ``load_base_model``."""
-        from soupkitchen.models import load_base_model
 
         if not isinstance(self.base.get("model"), dict):
             raise ConfigError("base.model", "bundle has no ModelConfig under base.model; load W0 yourself")
@@ -306,7 +307,7 @@ def write_bundle(
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory} exists and is not empty; pass overwrite=True to replace it")
-    if dataclasses.is_dataclass(base):
+    if isinstance(base, ModelConfig):
         base = {"model": to_dict(base)}
     specs = lora_specs(lora_config, len(adapters))
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -417,14 +418,5 @@ def _staged_copy(directory: Path):
 
 
 def adapters_from_manifest(manifest: str | Path) -> list[tuple[str, Path]]:
-    """``(name, adapter file)`` of each backbone of a backbones manifest (``backbones.write_manifest``)."""
-    doc = json.loads(Path(manifest).read_text())
-    out = []
-    for i, b in enumerate(doc.get("backbones", [])):
-        ckpt = str(b["checkpoint"]).removeprefix("file://")
-        if "://" in ckpt:
-            raise ConfigError(
-                f"backbones[{i}].checkpoint", f"{ckpt} is remote; download it and pass local paths"
-            )
-        out.append((b["name"], Path(ckpt) / b.get("adapter_file", "trainable.safetensors")))
-    return out
+    """``(name, adapter file)`` of each backbone of a backbones manifest (``manifests.BackboneManifest``)."""
+    return BackboneManifest.read(manifest, "manifest").adapters()

@@ -21,14 +21,13 @@ from soupkitchen.models.base import (
     resolve_device,
     seeded,
 )
-from soupkitchen.models.gguf_cache import cache_root, ensure_gguf_cache, gguf_cache_dir, gguf_path, load_gguf
+from soupkitchen.models.gguf_cache import ensure_gguf_cache, gguf_cache_dir, gguf_path, load_gguf
 from soupkitchen.models.lora import attach_lora, lora_target_candidates
-from soupkitchen.tiny import build_tiny
+from soupkitchen.models.tiny import build_tiny
 
 __all__ = [
     "DTYPES",
     "attach_lora",
-    "cache_root",
     "ensure_gguf_cache",
     "format_prompt",
     "gguf_cache_dir",

@@ -27,6 +27,7 @@ import torch
 from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ConfigError, ModelConfig
 from soupkitchen.models.base import load_hf_dir
+from soupkitchen.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,6 @@ def _sha256(path: Path) -> str:
 @functools.lru_cache(maxsize=32)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     return sha256_of(path)
-
-
-def cache_root() -> Path:
-    """``$SOUPKITCHEN_CACHE`` or ``~/.cache/soupkitchen``."""
-    return Path(os.environ.get("SOUPKITCHEN_CACHE") or "~/.cache/soupkitchen").expanduser()
 
 
 def gguf_cache_dir(cfg: ModelConfig, path: Path | None = None, sha: str | None = None) -> Path:

@@ -38,10 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from soupkitchen.backbones import BackboneSpec
+from soupkitchen.checkpoint import save_training_checkpoint
 from soupkitchen.config import ConfigError, NormalizationConfig, Recipe, to_dict
-from soupkitchen.data import PromptRecord
+from soupkitchen.data import PromptRecord, load_prompt_records
+from soupkitchen.models import attach_lora, load_base_model, resolve_device
+from soupkitchen.ppo.policy import adapter_state_dict as peft_adapter_state_dict
+from soupkitchen.rewards import build_rewards
 from soupkitchen.rewards.normalization import RewardNormalizer
+from soupkitchen.training.specs import BackboneSpec
 
 StepCallback = Callable[[dict[str, float]], None]
 OUTPUT_LAYER_NAMES = ("lm_head", "embed_out")  # checked by name up front, and on the built model
@@ -259,7 +263,6 @@ def base_and_lora_config(recipe: Recipe, device: str):
     and computes the reference policy with the adapter disabled (as our engine does)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from soupkitchen.models import attach_lora, load_base_model
 
     model, tokenizer = load_base_model(recipe.model, device=device)
     probe = attach_lora(model, recipe.lora, seed=recipe.seed)
@@ -349,9 +352,6 @@ def build_grpo_trainer(
     """
     from trl import GRPOTrainer
 
-    from soupkitchen.data import load_prompt_records
-    from soupkitchen.models import resolve_device
-    from soupkitchen.rewards import build_rewards
 
     if len(spec.weights) != len(recipe.objectives):
         raise ValueError(f"backbone {spec.name} has {len(spec.weights)} weights for {recipe.objectives}")
@@ -465,7 +465,6 @@ class RolloutMeter:
 
 def adapter_state_dict(trainer: Any) -> dict:
     """The trained LoRA weights as ``adapter.<peft key>`` tensors, keyed like ``PolicyWithValue``'s."""
-    from soupkitchen.ppo.policy import adapter_state_dict as peft_adapter_state_dict
 
     return peft_adapter_state_dict(trainer.accelerator.unwrap_model(trainer.model))
 
@@ -486,7 +485,6 @@ def train_grpo_backbone(
     last rollout's stats (``reward/<obj>`` raw means, ``reward/scalarized`` ...) plus ``history`` (every
     rollout), ``normalizer`` (state dict), ``reward_weights``, ``num_generations``, ``checkpoint_dir``.
     """
-    from soupkitchen.checkpoint import save_training_checkpoint
 
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)

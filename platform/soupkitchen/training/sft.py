@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: θ_sft = W0 + merged LoRA, trained with TRL's SFTTrainer (notes/bonesoup.md §3.4).
+"""Supervised fine-tuning: θ_sft = W0 + merged LoRA, via TRL's SFTTrainer (docs/methods/bone_soup.md).
 
     result = run_sft(recipe)  # train → merge_and_unload → sft.output_dir (safetensors, tokenizer, manifest)
 
@@ -16,7 +16,6 @@ exact where ``lm_head`` is tied to the input embedding (merging into a shared we
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -30,10 +29,11 @@ import torch
 from torch import nn
 
 from soupkitchen.checkpoint import sha256_of
-from soupkitchen.config import ConfigError, LoraConfig, ModelConfig, Recipe, to_dict
+from soupkitchen.config import ConfigError, LoraConfig, ModelConfig, Recipe, replace, to_dict
 from soupkitchen.data import SFTExample, load_sft_examples
 from soupkitchen.models import attach_lora, format_prompt, load_base_model, resolve_device
-from soupkitchen.tracking import RunLogger, data_dir
+from soupkitchen.paths import data_dir
+from soupkitchen.tracking import RunLogger
 
 MANIFEST = "sft_manifest.json"
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def sft_lora(lora: LoraConfig, model: nn.Module) -> LoraConfig:
         )
     if len(keep) < len(lora.target_modules):
         log.warning("SFT adapter leaves out the output embedding %r (TRL cannot train it): %s", name, keep)
-    return dataclasses.replace(lora, target_modules=keep)
+    return replace(lora, target_modules=keep)
 
 
 def train_sft(recipe: Recipe, examples: list[SFTExample], logger: RunLogger | None = None):
@@ -225,7 +225,7 @@ def run_sft(recipe: Recipe) -> SFTResult:
     check_output_dir(out)
     tags = {"soupkitchen.stage": "sft", "soupkitchen.output": str(out)}
     logger = RunLogger(recipe, f"sft:{recipe.name}", tags=tags)
-    try:
+    with logger:
         policy, tokenizer, losses = train_sft(recipe, examples, logger)
         targets = sorted(policy.peft_config["default"].target_modules)
         with torch.no_grad():
@@ -242,8 +242,4 @@ def run_sft(recipe: Recipe) -> SFTResult:
             "mlflow_run_id": logger.run_id,
         }
         save_merged(merged, tokenizer, out, manifest)
-    except BaseException:
-        logger.finish("FAILED")
-        raise
-    logger.finish()
     return SFTResult(out, steps, losses, logger.run_id)

@@ -1,56 +1,39 @@
-"""Backbone training: which backbones a method needs, and the PPO loop each Ray Train worker runs.
+"""The PPO loop each Ray Train worker runs for one backbone, and its resume.
 
-Methods (notes/bonesoup.md §1.2, §4):
-    bone_soup       n backbones, backbone i trained on h_i = w_iᵀr, w_i = column i of circulant B(β)
-    rewarded_soups  n single-reward backbones, w_i = e_i
-    morlhf          one policy per μ in ``soup.morlhf_preferences``, w = μ
-``train_loop_per_worker`` is the Ray Train entry point: it builds W0 + LoRA + value heads, restores the
-last checkpoint if Ray Train has one, wraps the model in DeepSpeed ZeRO when ``distributed.zero_stage`` > 0,
-and runs ``ppo.steps`` PPO iterations on its shard of every batch.
+``train_loop_per_worker`` is the Ray Train entry point (``training.launcher`` starts it): it builds W0 + LoRA
++ value heads, restores the last checkpoint if Ray Train has one (or finds a complete one on disk that Ray
+Train never registered), wraps the model in DeepSpeed ZeRO when ``distributed.zero_stage`` > 0, and runs
+``ppo.steps`` PPO iterations on its shard of every batch. ``build_trainer`` is the same trainer without Ray
+(tests, benches). The backbones each method trains are ``training.specs.backbone_specs``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import ray.train
 import torch
 
-from soupkitchen.config import ConfigError, Recipe, from_dict, to_dict
-from soupkitchen.preferences import backbone_weights
-from soupkitchen.reward_space import RewardSpace, calibrate, check_shared_space
-
-METHODS = ("bone_soup", "rewarded_soups", "morlhf")
-
-
-@dataclass
-class BackboneSpec:
-    """One policy to train: its name and scalarisation weights w."""
-
-    name: str
-    weights: list[float]
-
-
-def backbone_specs(recipe: Recipe, method: str | None = None) -> list[BackboneSpec]:
-    method = method or recipe.soup.method
-    n = len(recipe.objectives)
-    if method == "bone_soup":
-        W = backbone_weights(n, recipe.soup.beta)
-    elif method == "rewarded_soups":
-        W = backbone_weights(n, None)
-    elif method == "morlhf":
-        W = np.asarray(recipe.soup.morlhf_preferences, dtype=np.float64)
-    else:
-        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    check_shared_space(recipe, W.tolist())
-    return [BackboneSpec(f"{method}-{i}", [round(float(x), 12) for x in w]) for i, w in enumerate(W)]
+from soupkitchen.checkpoint import load_training_checkpoint, save_training_checkpoint
+from soupkitchen.config import ConfigError, Recipe
+from soupkitchen.data import load_prompt_records
+from soupkitchen.models import format_prompt, load_policy, resolve_device
+from soupkitchen.ppo.comm import LocalComm, TorchDistComm
+from soupkitchen.ppo.policy import PolicyWithValue
+from soupkitchen.ppo.scalarization import FixedWeights
+from soupkitchen.ppo.trainer import DeepSpeedOptimizer, MOPPOTrainer, TorchOptimizer, reward_window
+from soupkitchen.reward_space import RewardSpace, calibrate
+from soupkitchen.rewards import build_rewards
+from soupkitchen.tracking import BackboneLogger
+from soupkitchen.training.grpo import train_grpo_backbone
+from soupkitchen.training.specs import BackboneSpec
 
 
 def prompt_schedule(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -90,13 +73,6 @@ def build_trainer(
     """The PPO trainer of one backbone on this process. ``restore`` = a checkpoint directory; ``space`` = the
     run's ``RewardSpace`` (None: calibrated here from this policy's W0, the same deterministic rollouts a
     launcher would make)."""
-    from soupkitchen.checkpoint import load_training_checkpoint
-    from soupkitchen.models import format_prompt, load_policy
-    from soupkitchen.ppo.comm import LocalComm
-    from soupkitchen.ppo.policy import PolicyWithValue
-    from soupkitchen.ppo.scalarization import FixedWeights
-    from soupkitchen.ppo.trainer import DeepSpeedOptimizer, MOPPOTrainer, TorchOptimizer
-    from soupkitchen.rewards import build_rewards
 
     comm = comm or LocalComm()
     torch.manual_seed(recipe.seed)
@@ -164,7 +140,6 @@ def build_trainer(
 
 
 def save_checkpoint(trainer, directory, extra: dict) -> Path:
-    from soupkitchen.checkpoint import save_training_checkpoint
 
     rank = trainer.comm.rank
     with trainer.optimizer.gathered_parameters():  # ZeRO-3 partitions weights: every rank joins the gather
@@ -181,21 +156,16 @@ def save_checkpoint(trainer, directory, extra: dict) -> Path:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: PPO for one backbone (``config`` = {recipe, backbone: {name, weights}})."""
-    import ray.train
 
-    from soupkitchen.data import load_prompt_records
-    from soupkitchen.models import resolve_device
-    from soupkitchen.ppo.comm import TorchDistComm
-    from soupkitchen.tracking import BackboneLogger
 
-    recipe = from_dict(Recipe, config["recipe"]).validate()
-    spec = BackboneSpec(**config["backbone"])
+    recipe: Recipe = config["recipe"]  # validated by the launcher; travels as the object
+    spec: BackboneSpec = config["backbone"]
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     device = resolve_device("cuda" if recipe.distributed.use_gpu else "cpu")
     if device == "cuda":
         device = f"cuda:{ray.train.torch.get_device().index or 0}"
-    space = RewardSpace.from_dict(config["reward_space"])
+    space: RewardSpace = config["reward_space"]
     if recipe.ppo.algorithm == "grpo":
         return _train_grpo(space.apply(recipe), spec, device, config.get("parent_run_id"))
     comm = TorchDistComm(device if device.startswith("cuda") else "cpu")
@@ -233,7 +203,7 @@ def train_loop_per_worker(config: dict) -> None:
         stats["resumed_from_step"] = resumed_from
         if step % recipe.ppo.checkpoint_every == 0 or step == recipe.ppo.steps:
             with tempfile.TemporaryDirectory() as tmp:
-                extra = {"backbone": to_dict(spec), "data_position": step, "objectives": recipe.objectives}
+                extra = {"backbone": asdict(spec), "data_position": step, "objectives": recipe.objectives}
                 save_checkpoint(trainer, Path(tmp) / "ckpt", extra)
                 if logger and step == recipe.ppo.steps:  # copied to the outbox: uploads even after an outage
                     logger.log_adapter(Path(tmp) / "ckpt")
@@ -248,16 +218,13 @@ def train_loop_per_worker(config: dict) -> None:
             ckpt = None if rank else ray.train.Checkpoint.from_directory(restore.to_directory(f"{tmp}/c"))
             ray.train.report(stats, checkpoint=ckpt)
     if logger:
-        logger.finish(trainer.normalizer.state_dict())
+        logger.log_normalizer(trainer.normalizer.state_dict())
+        logger.finish()
 
 
 def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run_id: str | None) -> None:
     """``ppo.algorithm: grpo``: TRL's GRPOTrainer with one reward function per objective, weights w."""
-    import ray.train
 
-    from soupkitchen.grpo import train_grpo_backbone
-    from soupkitchen.ppo.trainer import reward_window
-    from soupkitchen.tracking import BackboneLogger
 
     logger = BackboneLogger(recipe, spec, parent_run_id)
 
@@ -272,7 +239,8 @@ def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run_id: 
         final.update(reward_window(result["history"], "start") | reward_window(result["history"], "end"))
         logger.log_adapter(Path(tmp) / "ckpt")
         ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"))
-    logger.finish(result["normalizer"])
+    logger.log_normalizer(result["normalizer"])
+    logger.finish()
 
 
 def say(line: str) -> None:
@@ -305,25 +273,3 @@ def latest_checkpoint(root: str | None, world_size: int) -> Path | None:
         if ranks_done and (best is None or position > best[0]):
             best = (position, state.parent)
     return best[1] if best else None
-
-
-def write_manifest(
-    path: str | os.PathLike, recipe: Recipe, method: str, backbones: list[dict], space: RewardSpace
-) -> Path:
-    """The merging/evaluation job's input: backbones, weights, β, objectives, the run's reward space (every
-    backbone trained in it), each backbone's own normaliser state and adapter."""
-    doc = {
-        "format": "soupkitchen.backbones/v1",
-        "recipe": to_dict(recipe),
-        "method": method,
-        "beta": recipe.soup.beta if method == "bone_soup" else None,
-        "objectives": recipe.objectives,
-        "reward_space": space.to_dict(),
-        "backbones": backbones,
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-    return path

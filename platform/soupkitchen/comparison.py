@@ -1,0 +1,133 @@
+"""Several methods from one training run (``jobs/compare.py``, the searches): train the union of their
+policies once, split it into one manifest per method, write the soups' bundles, evaluate all fronts.
+
+A w that two methods need is one PPO run: MORLHF at μ = e_i *is* Rewarded Soups' backbone i, and at a column
+of B(β) it is a Bone Soup backbone. Every policy gets the same PPO budget (ppo.steps × ppo.batch_size), and
+every method keeps the run's one reward space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from soupkitchen.config import Recipe, from_dict, to_dict
+from soupkitchen.evaluation import EvalResult, evaluate_front
+from soupkitchen.manifests import BackboneManifest, write_manifest
+from soupkitchen.merging import write_bundle
+from soupkitchen.methods import Method, Mode
+from soupkitchen.reward_space import RewardSpace, effective_weights
+from soupkitchen.tracking import RunLogger
+from soupkitchen.training.launcher import run_dir, train_backbones
+from soupkitchen.training.specs import backbone_specs
+
+SOUPS = (Method.BONE_SOUP, Method.REWARDED_SOUPS)  # the methods that merge into a bundle
+
+
+def policy_weights(recipe: Recipe, methods: Sequence[Method]) -> list[list[float]]:
+    """The distinct w of every method's policies, sorted from objective 1 down (deterministic names)."""
+    seen = {tuple(s.weights) for m in methods for s in backbone_specs(recipe, m)}
+    return [list(w) for w in sorted(seen, reverse=True)]
+
+
+def method_manifests(
+    recipe: Recipe, methods: Sequence[Method], union_manifest: Path, out: Path
+) -> dict[Method, Path]:
+    """Split the shared training run into one manifest per method (entries renamed to the method's names)."""
+    union = BackboneManifest.read(union_manifest)
+    by_w = {tuple(b.weights): b for b in union.backbones}
+    paths = {}
+    for m in methods:
+        entries = [
+            by_w[tuple(s.weights)].model_copy(update={"name": s.name}) for s in backbone_specs(recipe, m)
+        ]
+        paths[Method(m)] = write_manifest(out / m / "manifest.json", recipe, m, entries, union.space)
+    return paths
+
+
+def diagnostics(manifest: BackboneManifest, space: RewardSpace) -> dict:
+    """B (the trained w_i as rows) and effective_B (``reward_space.effective_weights``: the w̃_i that each
+    backbone's normaliser really optimised in the shared space); equal under a frozen shared space."""
+    W = manifest.weights
+    eff = effective_weights(space, W, [b.reward_normalizer for b in manifest.backbones])
+    return {
+        "B": W,
+        "effective_B": np.round(eff, 6).tolist(),
+        "effective_B_max_abs_error": float(np.max(np.abs(eff - np.asarray(W)))),
+    }
+
+
+def write_bundles(
+    recipe: Recipe, manifests: dict[Method, Path], out: Path, gamma: float | None = None
+) -> dict[Method, Path]:
+    """A soup bundle per soup (Bone Soup with the recipe's β and α; Rewarded Soups) under out/bundles."""
+    bundles = {}
+    for m in SOUPS:
+        if m not in manifests:
+            continue
+        doc = BackboneManifest.read(manifests[m])
+        space = doc.space
+        bone = m is Method.BONE_SOUP
+        write_bundle(
+            out / "bundles" / m,
+            recipe.model,
+            doc.adapters(),
+            beta=recipe.soup.beta if bone else None,
+            alpha=recipe.soup.alpha if bone else 0.0,
+            objectives=recipe.objectives,
+            normalization=space.normalization(),
+            ref_point=recipe.eval.ref_point or [0.0] * len(recipe.objectives),
+            lora_config=recipe.lora,
+            gamma=gamma if bone else None,
+            overwrite=True,
+            reward_space=space,
+            diagnostics=diagnostics(doc, space),
+        )
+        bundles[m] = out / "bundles" / m
+    return bundles
+
+
+def register_bundles(recipe: Recipe, bundles: dict[Method, Path], run_name: str) -> None:
+    """Log the bundles to MLflow and register them (``soup-<recipe>`` for Bone Soup, ``soup-<recipe>-rs``),
+    alias ``@candidate``: ``artifacts.load_soup("models:/soup-demo@candidate")`` loads them anywhere."""
+    prefix = f"{recipe.tracking.registered_model_prefix}-{recipe.name}"
+    with RunLogger(recipe, f"compare:{run_name}", tags={"soupkitchen.job": "compare"}) as logger:
+        for m, path in bundles.items():
+            logger.log_bundle(path, name=prefix if m is Method.BONE_SOUP else f"{prefix}-rs")
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` wrote: one manifest per method, the bundles, the evaluation and its files."""
+
+    out: Path
+    manifests: dict[Method, Path]
+    bundles: dict[Method, Path]
+    result: EvalResult
+    files: dict[str, Path]
+
+
+def compare(
+    recipe: Recipe,
+    methods: Sequence[Method],
+    run_name: str,
+    storage: str,
+    out: Path | None = None,
+    modes: Sequence[Mode] = (),
+) -> Comparison:
+    """Train the union of the methods' policies (as MORLHF over every w: one linear-scalarisation PPO run per
+    distinct w), split, bundle, register and evaluate them (+ the guided ``modes``) under ``out``."""
+    tree = to_dict(recipe)
+    tree["soup"]["morlhf_preferences"] = policy_weights(recipe, methods)
+    trained = train_backbones(from_dict(Recipe, tree).validate(), Method.MORLHF, run_name, storage)
+    out = Path(out or run_dir(storage, run_name))
+    manifests = method_manifests(recipe, methods, trained, out)
+    bundles = write_bundles(recipe, manifests, out)
+    register_bundles(recipe, bundles, run_name)
+    result, files = evaluate_front(
+        recipe, {m: str(p) for m, p in manifests.items()}, out / "eval", modes=modes
+    )
+    return Comparison(out, manifests, bundles, result, files)

@@ -1,0 +1,207 @@
+"""The evaluation plan: one stack of adapters, and for every method a front of points (μ, coefficients c)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from soupkitchen.config import ConfigError, Recipe, to_dict
+from soupkitchen.decoding import AdapterRoles, DecodeSettings, check_gamma
+from soupkitchen.evaluation.sources import BackboneSource, check_source, shared_space
+from soupkitchen.merging import build_mixed_model, load_adapter_state
+from soupkitchen.methods import Mode, parse
+from soupkitchen.models import load_base_model
+from soupkitchen.preferences import merge_coefficients, preference_grid
+from soupkitchen.reward_space import RewardSpace
+
+DEFAULT_REF = -1.0  # per objective, in z units, when eval.ref_point is unset
+
+
+@dataclass
+class MethodFront:
+    label: str
+    preferences: np.ndarray  # [k, n] μ of each point
+    coefficients: np.ndarray  # [k, m] c over ``EvalPlan.adapters`` (guided: the base's c)
+    plans: list | None = None  # guided decoding: one ``decoding.RowPlan`` per point (None: plain generate)
+
+
+@dataclass
+class EvalPlan:
+    objectives: list[str]
+    adapters: list[Path]
+    names: list[str]
+    lora: list
+    fronts: list[MethodFront]
+    space: RewardSpace  # shared by every source: points and metrics live in it
+
+
+def soup_front(label: str, idx: list[int], m: int, grid: np.ndarray, beta: float | None, alpha: float):
+    """BS (β) or RS (β None): c = (1 + α) B⁻¹μ on the adapters ``idx`` for every μ of ``grid``."""
+    C = np.zeros((len(grid), m))
+    C[:, idx] = [merge_coefficients(mu, beta, alpha) for mu in grid]
+    return MethodFront(label, np.asarray(grid, dtype=np.float64), C)
+
+
+def policy_front(label: str, idx: list[int], m: int, weights: list[list[float]]) -> MethodFront:
+    """One point per independently trained policy: c = e_j at μ = w_j (MORLHF)."""
+    C = np.zeros((len(idx), m))
+    C[np.arange(len(idx)), idx] = 1.0
+    return MethodFront(label, np.asarray(weights, dtype=np.float64), C)
+
+
+def alpha_label(alpha: float) -> str:
+    return "bone_soup" if alpha == 0 else f"bone_soup_a{alpha:g}"
+
+
+def build_plan(
+    recipe: Recipe,
+    sources: dict[str, BackboneSource],
+    include_sft: bool = True,
+    modes: Sequence[Mode | str] = (),
+    gamma: float | None = None,
+    value_models=None,
+) -> EvalPlan:
+    """The fronts to evaluate: every source's method (Bone Soup at each α of ``eval.alphas``), SFT, and the
+    guided ``modes`` at strength ``gamma`` (default ``decoding.gamma``); ``value_models``
+    (``value_models.load_value_models``) are stacked for mage_e / mage_e_m."""
+    modes = [parse(Mode, md, "modes") for md in modes]  # library callers may pass names
+    n = len(recipe.objectives)
+    adapters: list[Path] = []
+    names: list[str] = []
+    lora: list = []
+    index: dict[Path, int] = {}
+    placed: dict[str, list[int]] = {}
+    for method, src in sources.items():
+        check_source(recipe, src, f"--{method.replace('_', '-')}")
+        placed[method] = []
+        for name, path, cfg in zip(src.names, src.adapters, src.lora, strict=True):
+            key = path.resolve()
+            if key not in index:
+                index[key] = len(adapters)
+                adapters.append(path)
+                names.append(name if name not in names else f"{method}.{name}")
+                lora.append(cfg)
+            placed[method].append(index[key])
+    values = _stack_values(recipe, value_models, modes, adapters, names, lora)
+    m, grid = len(adapters), preference_grid(n, recipe.eval.grid_step)
+    fronts = []
+    for method, src in sources.items():
+        idx = placed[method]
+        if method == "bone_soup":
+            if src.beta is None:
+                raise ConfigError("--bone-soup", f"{src.path} has no β (Rewarded Soups backbones?)")
+            fronts += [soup_front(alpha_label(a), idx, m, grid, src.beta, a) for a in recipe.eval.alphas]
+        elif method == "rewarded_soups":
+            fronts.append(soup_front("rewarded_soups", idx, m, grid, None, 0.0))
+        else:
+            fronts.append(policy_front(method, idx, m, src.weights))
+    fronts += guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma)
+    if include_sft:
+        fronts.append(MethodFront("sft", np.full((1, n), 1.0 / n), np.zeros((1, m))))
+    if not fronts:
+        raise ConfigError(
+            "methods", "nothing to evaluate: give at least one of --bone-soup/--rewarded-soups/--morlhf"
+        )
+    space = shared_space(sources) if sources else RewardSpace.identity(recipe.objectives)  # SFT alone: raw
+    return EvalPlan(list(recipe.objectives), adapters, names, lora, fronts, space)
+
+
+def _stack_values(
+    recipe: Recipe, value_models, modes, adapters: list, names: list, lora: list
+) -> list[int] | None:
+    """Append the value adapters to the stack (in place); their indices, or None without value models."""
+
+    if value_models is None:
+        if any(md.explicit for md in modes):
+            raise ConfigError(
+                "--value-models", f"modes {list(modes)} include explicit ones: pass --value-models"
+            )
+        return None
+    if value_models.objectives != recipe.objectives:
+        raise ConfigError(
+            "--value-models",
+            f"value models are for objectives {value_models.objectives}, the recipe has {recipe.objectives}",
+        )
+    if value_models.model and value_models.model != to_dict(recipe.model):
+        raise ConfigError("--value-models", "value models were trained over another base model (model.*)")
+    start = len(adapters)
+    adapters += value_models.files
+    names += value_models.names
+    lora += value_models.lora
+    return list(range(start, len(adapters)))
+
+
+def guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma) -> list[MethodFront]:
+    """One front per guided mode (module docstring); the point at μ decodes ``roles.plan(mode, μ, γ)``.
+
+    π_base and MAGE-I's π*_i (Eq. 26) are the base's Stage-1 backbones (Bone Soup, with its β); MOD's experts
+    are the Rewarded Soups specialists when given, else the same backbones."""
+
+    if not modes:
+        return []
+    gamma = check_gamma(recipe.decoding.gamma if gamma is None else gamma, "--gamma")
+    assert all(md.guided for md in modes), modes  # methods.parse_guided_modes at the entry point
+    base = next((k for k in ("bone_soup", "rewarded_soups") if k in sources), None)
+    if base is None:
+        raise ConfigError("--modes", "guided modes need a base: pass --bone-soup (or --rewarded-soups)")
+    beta = sources[base].beta if base == "bone_soup" else None
+    roles = AdapterRoles(
+        m,
+        placed[base],
+        beta,
+        recipe.soup.alpha,
+        mod_experts=placed.get("rewarded_soups"),  # None: MOD mixes the base's backbones
+        values=values,
+    )
+    dec = recipe.decoding
+    fronts = []
+    for md in dict.fromkeys(modes):
+        plans = [
+            roles.plan(md, mu, gamma, ensemble_weights=dec.ensemble_weights, shortcut=dec.implicit_shortcut)
+            for mu in grid
+        ]
+        C = np.array([_display_coefficients(pl) for pl in plans])
+        fronts.append(MethodFront(md, np.asarray(grid, dtype=np.float64), C, plans))
+    return fronts
+
+
+def _display_coefficients(plan) -> np.ndarray:
+    """The c shown in points.csv: the base's (MOD: Σ_j w_j c_j of its experts)."""
+    if plan.base is not None:
+        return np.asarray(plan.components[plan.base].c)
+    return np.sum([np.asarray(c.c) * c.weight for c in plan.components], axis=0)
+
+
+def load_mixed(plan: EvalPlan, recipe: Recipe, device: str = "cpu"):
+    """W0 from the recipe with every adapter of the plan stacked for per-row mixing: (model, tokenizer)."""
+
+    model, tokenizer = load_base_model(recipe.model, device=device)
+    if plan.adapters:
+        states = [load_adapter_state(p) for p in plan.adapters]
+        model = build_mixed_model(model, states, plan.lora, plan.names)
+    return model, tokenizer
+
+
+def ref_point(recipe: Recipe) -> list[float]:
+    """The reference point of every hypervolume: ``eval.ref_point`` or ``DEFAULT_REF`` per objective (z units;
+    never computed from the points being scored, so fronts of different runs and trials compare)."""
+    n = len(recipe.objectives)
+    return list(recipe.eval.ref_point) if recipe.eval.ref_point is not None else [DEFAULT_REF] * n
+
+
+def eval_settings(recipe: Recipe):
+    """The decoding settings of every evaluated row: greedy if ``eval.greedy``, else the training sampling
+    settings (``generation``), with ``decoding``'s guidance options."""
+
+    gen = recipe.generation
+    return dataclasses.replace(
+        DecodeSettings.from_config(recipe.decoding, gen, recipe.seed),
+        greedy=recipe.eval.greedy,
+        temperature=gen.temperature,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+    ).check()

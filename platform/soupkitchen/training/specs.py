@@ -1,0 +1,34 @@
+"""The policies each training method trains (``methods.Method``): names and scalarisation weights w."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from soupkitchen.config import Recipe
+from soupkitchen.methods import Method
+from soupkitchen.preferences import backbone_weights
+from soupkitchen.reward_space import check_shared_space
+
+
+@dataclass
+class BackboneSpec:
+    """One policy to train: its name and scalarisation weights w."""
+
+    name: str
+    weights: list[float]
+
+
+def backbone_specs(recipe: Recipe, method: Method | str | None = None) -> list[BackboneSpec]:
+    """The policies ``method`` (default ``soup.method``) trains, named ``<method>-<i>``."""
+    method = Method(method or recipe.soup.method)
+    n = len(recipe.objectives)
+    if method is Method.BONE_SOUP:
+        W = backbone_weights(n, recipe.soup.beta)
+    elif method is Method.REWARDED_SOUPS:
+        W = backbone_weights(n, None)
+    else:
+        W = np.asarray(recipe.soup.morlhf_preferences, dtype=np.float64)
+    check_shared_space(recipe, W.tolist())
+    return [BackboneSpec(f"{method}-{i}", [round(float(x), 12) for x in w]) for i, w in enumerate(W)]
