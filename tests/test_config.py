@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from soupkitchen.config import (
-    DECODING_MODES,
     ConfigError,
     DistributedConfig,
     EvalConfig,
@@ -27,7 +26,7 @@ from soupkitchen.config import (
     replace,
     to_dict,
 )
-from soupkitchen.methods import Method, Mode
+from soupkitchen.methods import Method
 
 
 def test_every_shipped_recipe_loads():
@@ -292,11 +291,3 @@ def test_from_dict_and_to_dict_keep_working_on_plain_dataclasses():
         with pytest.raises(ConfigError) as err:
             from_dict(_Options, data, "args")
         assert str(err.value) == message
-
-
-def test_decoding_modes_derive_from_the_mode_enum():
-    assert (
-        DECODING_MODES
-        == tuple(Mode)
-        == ("bone_soup", "rewarded_soups", "mage_i_m", "mage_i", "mage_e_m", "mage_e", "mod")
-    )

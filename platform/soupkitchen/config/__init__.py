@@ -38,13 +38,8 @@ from soupkitchen.config.training import (
     SoupConfig,
 )
 from soupkitchen.errors import ConfigError
-from soupkitchen.methods import Mode
-
-# Deprecated, kept for old imports: the decoding modes are ``soupkitchen.methods.Mode``.
-DECODING_MODES = tuple(m.value for m in Mode)
 
 __all__ = [
-    "DECODING_MODES",
     "RECIPES_DIR",
     "REPO_ROOT",
     "ConfigError",
