@@ -1,10 +1,17 @@
-"""The backbones manifest (``<run>/manifest.json``), read and written in one place.
+"""The two documents runs hand on: the backbones manifest (``<run>/manifest.json``) and the soup bundle's
+``bundle.json``, each read and written in one place.
 
 A training run (``training.launcher``) writes one manifest: the recipe it ran, the method, β, the objectives,
 the run's reward space and one entry per trained policy (its w, where its adapter is, its own normaliser
 state). Merging (``merging.write_bundle``), evaluation, the searches and ``jobs/compare.py`` read it through
 :meth:`BackboneManifest.read`, which checks the format, every field's type and that the reward space is
 recorded, and raises a ``ConfigError`` naming the CLI flag the path came from.
+
+A soup bundle (``merging.write_bundle``; served by ``serving``) is a directory with ``bundle.json`` and
+``adapters/<name>.safetensors``. :class:`BundleManifest` is its typed ``bundle.json``: every field and
+cross-field rule (one adapter per objective, β in the circulant's range, one normalisation entry per
+objective, the reward space agreeing with it...) is checked on read, before any tensor is loaded;
+``merging.load_bundle`` then checks the files (sha256, ranks, shapes) against it.
 """
 
 from __future__ import annotations
@@ -14,14 +21,18 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, to_dict
+from soupkitchen.config.schema import Schema
 from soupkitchen.methods import Method
+from soupkitchen.preferences import circulant_matrix
 from soupkitchen.reward_space import RewardSpace
 
 BACKBONES_FORMAT = "soupkitchen.backbones/v1"
 ADAPTER_FILE = "trainable.safetensors"  # inside each backbone's checkpoint directory
+BUNDLE_FORMAT = "soupkitchen.soup/v1"
+BUNDLE_FILE = "bundle.json"
 
 
 class BackboneEntry(BaseModel):
@@ -134,3 +145,120 @@ def write_manifest(
         reward_space=space.to_dict(),
         backbones=[b if isinstance(b, BackboneEntry) else BackboneEntry(**b) for b in backbones],
     ).write(path)
+
+
+# --------------------------------------------------------------------------------------------- bundle.json
+
+
+class AdapterEntry(Schema):
+    """One adapter file of a bundle (a backbone, or with ``objective`` a value model)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # also its file name
+    file: str  # relative to the bundle directory
+    sha256: str
+    r: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    use_rslora: bool = False
+
+
+class ValueEntry(AdapterEntry):
+    objective: str  # the objective this value model scores (MAGE-E)
+
+
+class Normalization(Schema):
+    mean: float
+    std: float = Field(gt=0)  # 1.0 for raw rewards
+
+
+class BundleManifest(Schema):
+    """The typed ``bundle.json`` of a soup bundle (module docstring)."""
+
+    format: Literal["soupkitchen.soup/v1"] = BUNDLE_FORMAT
+    base: dict[str, Any]  # a reference to W0, e.g. {"model": ModelConfig as dict}
+    objectives: list[str]
+    adapters: list[AdapterEntry]  # one backbone per objective, in objective order
+    target_modules: list[str]  # the LoRA targets every adapter shares
+    modules: dict[str, list[int]]  # base layer → [in, out] features, checked against the tensors
+    beta: float | None  # Bone Soup's β; None: Rewarded Soups (B = I)
+    alpha: float = Field(ge=0)  # extrapolation strength of c = (1+α)B⁻¹μ
+    gamma: float | None = Field(default=None, ge=0)  # default guidance strength (guided modes)
+    normalization: dict[str, Normalization]  # objective → the reward space's {mean, std}
+    ref_point: list[float]  # the hypervolume reference point, one value per objective
+    value_models: list[ValueEntry] = []  # MAGE-E value models, one per objective, in objective order
+    reward_space: dict[str, Any] | None = None  # RewardSpace.to_dict() of the run
+    diagnostics: dict[str, Any] = {}  # facts about the trained backbones (effective_B...)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleManifest:
+        if not self.base:
+            raise ConfigError(
+                "base", "must be a non-empty mapping referencing W0 (e.g. {'model': ModelConfig})"
+            )
+        n, objectives = len(self.objectives), self.objectives
+        if not n or not all(objectives) or len(set(objectives)) != n:
+            raise ConfigError("objectives", f"must be a non-empty list of unique names, got {objectives}")
+        if len(self.adapters) != n:
+            raise ConfigError(
+                "adapters",
+                f"has {len(self.adapters)} adapters but there are {n} objectives; one per objective",
+            )
+        if not self.target_modules:
+            raise ConfigError("target_modules", "must be the non-empty list of LoRA targets")
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != n:
+            raise ConfigError("adapters", f"adapter names must be unique, got {names}")
+        if self.value_models:
+            if [v.objective for v in self.value_models] != objectives:
+                raise ConfigError(
+                    "value_models", f"must list one value model per objective {objectives}, in order"
+                )
+            clash = sorted({v.name for v in self.value_models} & set(names))
+            if clash:
+                raise ConfigError("value_models", f"names {clash} clash with adapters")
+        if self.beta is not None:
+            try:
+                circulant_matrix(n, self.beta)
+            except ValueError as err:
+                raise ConfigError("beta", f"{err}; use null for Rewarded Soups (B = I)") from None
+        if set(self.normalization) != set(objectives):
+            raise ConfigError(
+                "normalization",
+                f"needs exactly one entry per objective {objectives}, got {sorted(self.normalization)}",
+            )
+        if self.reward_space is not None:
+            space = RewardSpace.from_dict(self.reward_space, "reward_space")
+            if space.objectives != objectives or space.normalization() != self.normalization_dict():
+                raise ConfigError(
+                    "reward_space", "disagrees with objectives/normalization; re-write the bundle"
+                )
+        if len(self.ref_point) != n:
+            raise ConfigError("ref_point", f"must list one value per objective ({n}), got {self.ref_point}")
+        return self
+
+    def normalization_dict(self) -> dict[str, dict[str, float]]:
+        return {o: self.normalization[o].model_dump() for o in self.objectives}
+
+    @property
+    def space(self) -> RewardSpace | None:
+        return None if self.reward_space is None else RewardSpace.from_dict(self.reward_space)
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> BundleManifest:
+        """``<directory>/bundle.json``, checked; a ConfigError naming the field and the fix."""
+        path = Path(directory) / BUNDLE_FILE
+        if not path.is_file():
+            raise ConfigError(BUNDLE_FILE, f"not found in {directory}; write the bundle with write_bundle")
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(BUNDLE_FILE, f"is not valid JSON ({err}); re-write the bundle") from None
+        found = doc.get("format") if isinstance(doc, dict) else None
+        if found != BUNDLE_FORMAT:
+            raise ConfigError("format", f"expected {BUNDLE_FORMAT!r}, got {found!r}; not a soup bundle")
+        return from_dict(cls, doc)
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """``<directory>/bundle.json`` (the directory exists; ``merging.write_bundle`` makes it atomic)."""
+        path = Path(directory) / BUNDLE_FILE
+        path.write_text(json.dumps(self.model_dump(mode="json", exclude_defaults=False), indent=1))
+        return path

@@ -12,8 +12,8 @@ Modules: ``mixed`` (the mixing layer), ``dense`` (materialised merges and the A/
 ``bundle`` (the soup bundle format).
 """
 
+from soupkitchen.manifests import BUNDLE_FORMAT
 from soupkitchen.merging.bundle import (
-    BUNDLE_FORMAT,
     Bundle,
     adapters_from_manifest,
     attach_value_models,

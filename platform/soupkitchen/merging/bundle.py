@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import math
 import os
 import re
 import shutil
@@ -32,7 +30,7 @@ from torch import nn
 
 from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ConfigError, ModelConfig, from_dict, to_dict
-from soupkitchen.manifests import BackboneManifest
+from soupkitchen.manifests import AdapterEntry, BackboneManifest, BundleManifest, ValueEntry
 from soupkitchen.merging.mixed import (
     LoraSpec,
     build_mixed_model,
@@ -42,10 +40,9 @@ from soupkitchen.merging.mixed import (
     stack_adapters,
 )
 from soupkitchen.models import load_base_model
-from soupkitchen.preferences import circulant_matrix, merge_coefficients
+from soupkitchen.preferences import merge_coefficients
 from soupkitchen.reward_space import RewardSpace
 
-BUNDLE_FORMAT = "soupkitchen.soup/v1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -118,95 +115,8 @@ class Bundle:
         )
 
 
-def _finite(x, path: str, lo: float | None = None, lo_open: bool = False, fix: str = "") -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ConfigError(path, f"must be a finite number, got {x!r}{fix}")
-    if lo is not None and (x <= lo if lo_open else x < lo):
-        raise ConfigError(path, f"must be {'>' if lo_open else '>='} {lo}, got {x}{fix}")
-    return float(x)
-
-
-def _check_entries(entries: list, field: str, targets: list) -> tuple[list[str], list[LoraSpec]]:
-    """Names and LoraSpecs of the adapter entries under ``field`` (required keys, unique names, r, α)."""
-    names, specs = [], []
-    for i, e in enumerate(entries):
-        for key in ("name", "file", "sha256", "r", "alpha"):
-            if not isinstance(e, dict) or key not in e:
-                raise ConfigError(f"{field}[{i}].{key}", "is missing; re-write the bundle with write_bundle")
-        names.append(e["name"])
-        if isinstance(e["r"], bool) or not isinstance(e["r"], int) or e["r"] < 1:
-            raise ConfigError(f"{field}[{i}].r", f"must be an int >= 1, got {e['r']!r}")
-        alpha = _finite(e["alpha"], f"{field}[{i}].alpha", 0.0, lo_open=True)
-        specs.append(LoraSpec(e["r"], alpha, tuple(targets), bool(e.get("use_rslora", False))))
-    if len(set(names)) != len(names):
-        raise ConfigError(field, f"adapter names must be unique, got {names}")
-    return names, specs
-
-
-def _check_doc(doc: dict) -> tuple[list[str], list[str], list[LoraSpec]]:
-    """Field checks that need no files: returns (objectives, names, lora specs)."""
-    if doc.get("format") != BUNDLE_FORMAT:
-        raise ConfigError(
-            "format", f"expected {BUNDLE_FORMAT!r}, got {doc.get('format')!r}; not a soup bundle"
-        )
-    if not isinstance(doc.get("base"), dict) or not doc["base"]:
-        raise ConfigError("base", "must be a non-empty mapping referencing W0 (e.g. {'model': ModelConfig})")
-    objectives = doc.get("objectives")
-    if (
-        not isinstance(objectives, list)
-        or not objectives
-        or not all(isinstance(o, str) and o for o in objectives)
-    ):
-        raise ConfigError("objectives", f"must be a non-empty list of names, got {objectives!r}")
-    if len(set(objectives)) != len(objectives):
-        raise ConfigError("objectives", f"names must be unique, got {objectives}")
-    n = len(objectives)
-    entries = doc.get("adapters")
-    if not isinstance(entries, list) or len(entries) != n:
-        got = len(entries) if isinstance(entries, list) else entries
-        raise ConfigError(
-            "adapters", f"has {got} adapters but there are {n} objectives; one backbone per objective"
-        )
-    targets = doc.get("target_modules")
-    if not isinstance(targets, list) or not targets:
-        raise ConfigError("target_modules", f"must be the non-empty list of LoRA targets, got {targets!r}")
-    names, specs = _check_entries(entries, "adapters", targets)
-    values = doc.get("value_models") or []
-    if values:
-        if not isinstance(values, list) or [e.get("objective") for e in values] != objectives:
-            raise ConfigError(
-                "value_models", f"must list one value model per objective {objectives}, in order"
-            )
-        vnames, _ = _check_entries(values, "value_models", targets)
-        if set(vnames) & set(names):
-            raise ConfigError("value_models", f"names {sorted(set(vnames) & set(names))} clash with adapters")
-    if doc.get("beta") is not None:
-        try:
-            circulant_matrix(n, doc["beta"])
-        except ValueError as err:
-            raise ConfigError("beta", f"{err}; use null for Rewarded Soups (B = I)") from err
-    _finite(doc.get("alpha"), "alpha", 0.0, fix=" (extrapolation strength α >= 0; 0 = none)")
-    if doc.get("gamma") is not None:
-        _finite(doc["gamma"], "gamma", 0.0)
-    norm = doc.get("normalization")
-    if not isinstance(norm, dict) or set(norm) != set(objectives):
-        keys = sorted(norm) if isinstance(norm, dict) else norm
-        raise ConfigError("normalization", f"needs exactly one entry per objective {objectives}, got {keys}")
-    for o in objectives:
-        if not isinstance(norm[o], dict) or set(norm[o]) != {"mean", "std"}:
-            raise ConfigError(f"normalization.{o}", f"must be {{mean, std}}, got {norm[o]!r}")
-        _finite(norm[o]["mean"], f"normalization.{o}.mean")
-        _finite(norm[o]["std"], f"normalization.{o}.std", 0.0, lo_open=True, fix=" (use 1.0 for raw rewards)")
-    if doc.get("reward_space") is not None:
-        space = RewardSpace.from_dict(doc["reward_space"])
-        if space.objectives != objectives or space.normalization() != norm:
-            raise ConfigError("reward_space", "disagrees with objectives/normalization; re-write the bundle")
-    ref = doc.get("ref_point")
-    if not isinstance(ref, list) or len(ref) != n:
-        raise ConfigError("ref_point", f"must list one value per objective ({n}), got {ref!r}")
-    for j, v in enumerate(ref):
-        _finite(v, f"ref_point[{j}]")
-    return objectives, names, specs
+def _specs(entries, targets: list[str]) -> list[LoraSpec]:
+    return [LoraSpec(e.r, e.alpha, tuple(targets), e.use_rslora) for e in entries]
 
 
 def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> Bundle:
@@ -215,24 +125,18 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
     With ``base_model``, the adapters are also checked against its layers (module names and shapes).
     """
     directory = Path(directory)
-    manifest = directory / "bundle.json"
-    if not manifest.is_file():
-        raise ConfigError("bundle.json", f"not found in {directory}; write the bundle with write_bundle")
-    try:
-        doc = json.loads(manifest.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError("bundle.json", f"is not valid JSON ({err}); re-write the bundle") from err
-    objectives, names, specs = _check_doc(doc)
-    states = _load_states(directory, doc["adapters"], "adapters")
-    values = doc.get("value_models") or []
-    vnames, vspecs = _check_entries(values, "value_models", doc["target_modules"])
-    vstates = _load_states(directory, values, "value_models")
+    doc = BundleManifest.read(directory)
+    objectives, names = doc.objectives, [a.name for a in doc.adapters]
+    specs = _specs(doc.adapters, doc.target_modules)
+    states = _load_states(directory, doc.adapters, "adapters")
+    vnames, vspecs = [v.name for v in doc.value_models], _specs(doc.value_models, doc.target_modules)
+    vstates = _load_states(directory, doc.value_models, "value_models")
     try:
         _, stacked = stack_adapters(None, states + vstates, specs + vspecs, names + vnames)
     except ValueError as err:
         raise ConfigError("adapters", f"{err} (bundle.json: adapters[].r / alpha, target_modules)") from err
     shapes = {m: [ab[0][0].shape[1], ab[0][1].shape[0]] for m, ab in stacked.items()}
-    if shapes != doc.get("modules"):
+    if shapes != doc.modules:
         raise ConfigError(
             "modules", "recorded base layer shapes do not match the adapters' tensors; re-write"
         )
@@ -243,36 +147,35 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
             raise ConfigError("base", f"adapters do not fit this base model: {err}") from err
     return Bundle(
         directory=directory,
-        base=doc["base"],
+        base=doc.base,
         objectives=objectives,
         names=names,
         lora=specs,
         adapters=states,
-        beta=None if doc.get("beta") is None else float(doc["beta"]),
-        alpha=float(doc["alpha"]),
-        gamma=None if doc.get("gamma") is None else float(doc["gamma"]),
-        normalization=doc["normalization"],
-        ref_point=[float(v) for v in doc["ref_point"]],
+        beta=doc.beta,
+        alpha=doc.alpha,
+        gamma=doc.gamma,
+        normalization=doc.normalization_dict(),
+        ref_point=list(doc.ref_point),
         modules=shapes,
         value_names=vnames,
         value_adapters=vstates,
         value_lora=vspecs,
-        reward_space=None if doc.get("reward_space") is None else RewardSpace.from_dict(doc["reward_space"]),
-        diagnostics=dict(doc.get("diagnostics") or {}),
+        reward_space=doc.space,
+        diagnostics=dict(doc.diagnostics),
     )
 
 
-def _load_states(directory: Path, entries: list, field: str) -> list[dict[str, torch.Tensor]]:
+def _load_states(directory: Path, entries: list[AdapterEntry], field: str) -> list[dict[str, torch.Tensor]]:
     """The adapters' tensors, each file checked against its recorded sha256."""
     states = []
     for i, e in enumerate(entries):
-        path = directory / e["file"]
+        path = directory / e.file
         if not path.is_file():
-            raise ConfigError(f"{field}[{i}].file", f"{path} is missing; copy the whole bundle directory")
-        if sha256_of(path) != e["sha256"]:
+            raise ConfigError(f"{field}.{i}.file", f"{path} is missing; copy the whole bundle directory")
+        if sha256_of(path) != e.sha256:
             raise ConfigError(
-                f"{field}[{i}].sha256",
-                f"{e['file']} does not match the recorded sha256 (modified or truncated)",
+                f"{field}.{i}.sha256", f"{e.file} does not match the recorded sha256 (modified or truncated)"
             )
         states.append(load_file(str(path)))
     return states
@@ -329,30 +232,29 @@ def write_bundle(
             for obj, name, src, spec in zip(
                 value_models.objectives, value_models.names, value_models.files, vspecs, strict=True
             ):
-                values.append({**_write_adapter(tmp, name, src, spec, modules), "objective": obj})
+                values.append(
+                    ValueEntry(**_write_adapter(tmp, name, src, spec, modules).model_dump(), objective=obj)
+                )
             specs = specs + vspecs
-        doc = {
-            "format": BUNDLE_FORMAT,
-            "base": dict(base),
-            "objectives": list(objectives),
-            "adapters": entries,
-            "target_modules": list(specs[0].target_modules),
-            "modules": modules,
-            "beta": beta,
-            "alpha": alpha,
-            "gamma": gamma,
-            "normalization": {k: dict(v) for k, v in normalization.items()},
-            "ref_point": [float(v) for v in ref_point],
-        }
-        if values:
-            doc["value_models"] = values
-        if reward_space is not None:
-            doc["reward_space"] = reward_space.to_dict()
-        if diagnostics:
-            doc["diagnostics"] = dict(diagnostics)
         if any(s.target_modules != specs[0].target_modules for s in specs):
             raise ConfigError("target_modules", "all adapters must share the same lora target_modules")
-        (tmp / "bundle.json").write_text(json.dumps(doc, indent=1))
+        BundleManifest(
+            base=dict(base),
+            objectives=list(objectives),
+            adapters=entries,
+            target_modules=list(specs[0].target_modules),
+            modules=modules,
+            beta=beta,
+            alpha=float(alpha),
+            gamma=None if gamma is None else float(gamma),
+            normalization={
+                k: {"mean": float(v["mean"]), "std": float(v["std"])} for k, v in normalization.items()
+            },
+            ref_point=[float(v) for v in ref_point],
+            value_models=values,
+            reward_space=None if reward_space is None else reward_space.to_dict(),
+            diagnostics=dict(diagnostics or {}),
+        ).write(tmp)
         load_bundle(tmp)  # the same checks as a reader's, before the bundle becomes visible
         if directory.exists():
             shutil.rmtree(directory)
@@ -374,14 +276,14 @@ def _write_adapter(tmp: Path, name: str, src, spec: LoraSpec, modules: dict) -> 
         modules.setdefault(m, [A.shape[1], B.shape[0]])
     rel = f"adapters/{name}.safetensors"
     save_file(tensors, str(tmp / rel))
-    return {
-        "name": name,
-        "file": rel,
-        "sha256": sha256_of(tmp / rel),
-        "r": spec.r,
-        "alpha": spec.alpha,
-        "use_rslora": spec.use_rslora,
-    }
+    return AdapterEntry(
+        name=name,
+        file=rel,
+        sha256=sha256_of(tmp / rel),
+        r=spec.r,
+        alpha=float(spec.alpha),
+        use_rslora=spec.use_rslora,
+    )
 
 
 def attach_value_models(directory: str | Path, value_models) -> Bundle:
