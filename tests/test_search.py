@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from soupkitchen.bootstrap import paired_bootstrap
-from soupkitchen.config import ConfigError, load_recipe, to_dict
+from soupkitchen.config import ConfigError, load_recipe
 from soupkitchen.merging import load_bundle
 from soupkitchen.search import best, beta_specs, results_table, short_steps
 from tests.test_train_backbones import _logs, _wait
@@ -175,7 +175,7 @@ def test_trials_with_shifted_fronts_get_different_scores_against_the_shared_refe
     model, tok = load_mixed(plan, recipe)
     key = tuple(str(p) for p in plan.adapters)
     rewards = build_rewards(recipe.rewards)
-    config = {"recipe": to_dict(recipe), "source": str(source), "alpha": 0.0, "label": "t"}
+    config = {"recipe": recipe, "source": str(source), "alpha": 0.0, "label": "t"}
     scores = {}
     for delta in (0.0, 0.05):
         scores[delta] = evaluate_config(config, {key: (model, tok, _Shifted(rewards, delta))})

@@ -25,14 +25,11 @@ import sys
 from pathlib import Path
 
 import ray
-from ray import tune
 
 from soupkitchen import cli, search
-from soupkitchen.comparison import write_bundles
 from soupkitchen.config import ConfigError, load_recipe
 from soupkitchen.evaluation import read_source
-from soupkitchen.methods import GUIDED_MODES, Method, Mode, parse
-from soupkitchen.tracking import RunLogger
+from soupkitchen.methods import GUIDED_MODES, Mode, parse
 from soupkitchen.training.launcher import run_dir, storage_root
 
 parser = cli.recipe_parser(__doc__, "--search.searcher optuna")
@@ -57,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parse(Mode, args.mode, "--mode")
     if mode is Mode.REWARDED_SOUPS:
         raise ConfigError("--mode", f"a Bone Soup search: use bone_soup or one of {', '.join(GUIDED_MODES)}")
-    guided = mode.guided
-    if not guided and any(g != 0 for g in recipe.search.gammas):
+    if not mode.guided and any(g != 0 for g in recipe.search.gammas):
         raise ConfigError(
             "search.gammas", "γ is the guidance strength of a guided mode: pass --mode mage_i_m"
         )
@@ -67,43 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     storage = storage_root(recipe, args.storage)
     out = Path(args.out or run_dir(storage, run_name))
     ray.init(ignore_reinit_error=True)
-    with RunLogger(recipe, f"search_alpha:{run_name}", tags={"soupkitchen.job": "search_alpha"}) as parent:
-        space = {
-            "recipe": recipe,
-            "search": "search_alpha",
-            "parent_run_id": parent.run_id,
-            "source": str(source.path.parent if source.path.name == "manifest.json" else source.path),
-            "alpha": tune.grid_search(sorted(set(recipe.search.alphas))),
-            "mode": mode,
-        }
-        keys = ["alpha"]
-        if guided:
-            space["gamma"] = tune.grid_search(sorted(set(recipe.search.gammas)))
-            space["value_models"] = args.value_models and str(Path(args.value_models).resolve())
-            keys.append("gamma")
-        name = search.trial_run_name(run_name, space)
-        rows = search.run_search(name, recipe, space, storage, keys)
-        table = search.results_table(rows, keys, out / "alpha_search.csv")
-        winner = search.best(rows)
-        best = {f"best_{k}": winner[k] for k in keys}
-        parent.log_metrics({**best, "best_hypervolume": winner[search.SCORE]}, 0)
-        parent.client.log_artifact(parent.run_id, str(out / "alpha_search.csv"))
-        gamma = winner.get("gamma")
-        if source.path.name == "manifest.json":
-            tuned = search.with_overrides(recipe, soup={"alpha": winner["alpha"], "beta": source.beta})
-            bundle = write_bundles(tuned, {Method.BONE_SOUP: source.path}, out, gamma=gamma)
-            bundle = bundle[Method.BONE_SOUP]
-        else:
-            target = out / "bundles" / "bone_soup"
-            bundle = search.retuned_bundle(source.path, target, winner["alpha"], gamma)
-        registered = parent.log_bundle(bundle)  # a new version of soup-<recipe>, alias @candidate
-    print(table)
-    chosen = ", ".join(f"{k} = {winner[k]}" for k in keys)
+    done = search.search_alpha_gamma(recipe, source, mode, run_name, storage, out, args.value_models)
+    keys = ["alpha"] + (["gamma"] if mode.guided else [])
+    print(done.table)
+    chosen = ", ".join(f"{k} = {done.winner[k]}" for k in keys)
     print(
-        f"best {chosen} (hypervolume {winner[search.SCORE]:.4g}); "
-        f"bundle: {bundle}, registered as models:/{registered}@candidate"
+        f"best {chosen} (hypervolume {done.winner[search.SCORE]:.4g}); "
+        f"bundle: {done.bundle}, registered as models:/{done.registered}@candidate"
     )
-    print(json.dumps({**best, "hypervolume": winner[search.SCORE]}))
+    print(
+        json.dumps({**{f"best_{k}": done.winner[k] for k in keys}, "hypervolume": done.winner[search.SCORE]})
+    )
     return 0
 
 

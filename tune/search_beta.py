@@ -19,14 +19,9 @@ import json
 import sys
 from pathlib import Path
 
-from ray import tune
-
 from soupkitchen import cli, search
-from soupkitchen.comparison import write_bundles
 from soupkitchen.config import ConfigError, load_recipe
-from soupkitchen.methods import Method
-from soupkitchen.tracking import RunLogger
-from soupkitchen.training.launcher import run_dir, storage_root, train_backbones
+from soupkitchen.training.launcher import run_dir, storage_root
 
 parser = cli.recipe_parser(__doc__, "--search.beta_fraction 0.1")
 parser.add_argument(
@@ -40,59 +35,27 @@ parser.add_argument("--out", default=None, help="outputs (default: <storage>/<ru
 parser.add_argument("--continue", dest="cont", action="store_true", help="train the best β to ppo.steps")
 
 
-def _betas(args, recipe) -> list[float]:
-    if args.betas is None:
-        return list(recipe.search.betas or recipe.soup.beta_candidates)
-    return search.parse_floats(args.betas, "--betas")
-
-
 @cli.entry
 def main(argv: list[str] | None = None) -> int:
     args, overrides = cli.parse_args(parser, argv)
     recipe = load_recipe(args.recipe, overrides)
-    betas = _betas(args, recipe)
-    specs = search.beta_specs(recipe, betas)
+    if args.betas is None:
+        betas = list(recipe.search.betas or recipe.soup.beta_candidates)
+    else:
+        betas = search.parse_floats(args.betas, "--betas")
+    search.beta_specs(recipe, betas)  # every β in range, before any worker starts
     if len(set(betas)) < 2:
         raise ConfigError("--betas", f"a search needs at least two distinct β, got {betas}")
     run_name = args.run_name or f"{recipe.name}-beta-search"
     storage = storage_root(recipe, args.storage)
     out = Path(args.out or run_dir(storage, run_name))
-    steps = search.short_steps(recipe, recipe.search.beta_fraction)
-    short = search.with_overrides(recipe, ppo={"steps": steps, "checkpoint_every": steps})
-    with RunLogger(recipe, f"search_beta:{run_name}", tags={"soupkitchen.job": "search_beta"}) as parent:
-        print(f"β search: {betas}, {len(specs)} backbones × {steps} PPO steps (of {recipe.ppo.steps})")
-        trained = train_backbones(short, Method.BONE_SOUP, run_name, storage, specs=specs)
-        manifests = {b: search.split_beta_manifest(trained, b, out) for b in betas}
-        space = {
-            "recipe": recipe,
-            "search": "search_beta",
-            "parent_run_id": parent.run_id,
-            "beta": tune.grid_search(betas),
-            "sources": {f"{b:g}": str(p) for b, p in manifests.items()},  # each trial takes its β's
-        }
-        rows = search.run_search(search.trial_run_name(run_name, space), recipe, space, storage, ["beta"])
-        table = search.results_table(rows, ["beta"], out / "beta_search.csv")
-        winner = search.best(rows)
-        parent.log_metrics({"best_beta": winner["beta"], "best_hypervolume": winner[search.SCORE]}, 0)
-        parent.client.log_artifact(parent.run_id, str(out / "beta_search.csv"))
-        if args.cont:
-            full = search.with_overrides(recipe, soup={"beta": winner["beta"]})
-            chosen = [s for s in specs if s.name.startswith(f"beta{winner['beta']:g}-")]
-            final = train_backbones(full, Method.BONE_SOUP, run_name, storage, specs=chosen)
-            manifest = search.split_beta_manifest(final, winner["beta"], out / "final")
-            bundle = write_bundles(full, {Method.BONE_SOUP: manifest}, out)[Method.BONE_SOUP]
-            parent.log_bundle(bundle)  # registered as soup-<recipe>, alias @candidate
-    print(table)
-    print(
-        f"best β = {winner['beta']} (hypervolume {winner[search.SCORE]:.4g}); "
-        f"table: {out / 'beta_search.csv'}"
-    )
-    if args.cont:
-        print(
-            f"continued β={winner['beta']} to {recipe.ppo.steps} steps; "
-            f"bundle: {out / 'bundles' / 'bone_soup'}"
-        )
-    print(json.dumps({"best_beta": winner["beta"], "hypervolume": winner[search.SCORE]}))
+    done = search.search_beta(recipe, betas, run_name, storage, out, cont=args.cont)
+    best = done.winner["beta"]
+    print(done.table)
+    print(f"best β = {best} (hypervolume {done.winner[search.SCORE]:.4g}); table: {out / 'beta_search.csv'}")
+    if done.bundle is not None:
+        print(f"continued β={best} to {recipe.ppo.steps} steps; bundle: {done.bundle}")
+    print(json.dumps({"best_beta": best, "hypervolume": done.winner[search.SCORE]}))
     return 0
 
 

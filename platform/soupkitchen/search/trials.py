@@ -1,18 +1,5 @@
-"""Hyperparameter searches that maximise front hypervolume on validation prompts (docs/methods/bone_soup.md).
-
-β ("seek", Bone Soup §5.2.1): for each candidate β the n backbones (w_i = columns of B(β)) are trained for
-``search.beta_fraction`` of ``ppo.steps``, all (β, i) at once as trials of one launcher; then one evaluation
-trial per β scores the hypervolume of its Bone Soup front. The best β's backbones may then continue to the
-full budget: they keep their run and backbone names, so Ray Train resumes them from the short-run
-checkpoints and no step is thrown away.
-
-α, γ: evaluation-only trials over one trained soup (``front_trial``), a grid or a Tune searcher. A trial
-actor keeps the loaded mixed model between trials over the same adapters (``reuse_actors``), so the base
-model is loaded once per worker, not once per trial.
-
-Every trial is an MLflow child run (params, front metrics, front plot) of the search's parent run and
-reports to Tune (the Ray dashboard's Tune view); ``results_table`` sorts the trials by hypervolume.
-"""
+"""Evaluation trials on Ray Tune: one front scored by hypervolume per trial (``evaluate_config``), the Tune
+run that resumes (``run_search``), and the results table with intervals (``results_table``)."""
 
 from __future__ import annotations
 
@@ -29,14 +16,10 @@ from ray import tune
 from soupkitchen.bootstrap import format_interval, winner_separated
 from soupkitchen.config import ConfigError, Recipe, from_dict, to_dict
 from soupkitchen.evaluation import alpha_label, build_plan, evaluate, load_mixed, read_source, write_outputs
-from soupkitchen.manifests import BackboneManifest, write_manifest
-from soupkitchen.merging import load_bundle, write_bundle
-from soupkitchen.methods import Method, Mode
+from soupkitchen.methods import Mode
 from soupkitchen.models import resolve_device
-from soupkitchen.preferences import backbone_weights
 from soupkitchen.rewards import build_rewards
 from soupkitchen.tracking import RunLogger
-from soupkitchen.training.specs import BackboneSpec
 from soupkitchen.value_models import load_value_models
 
 SCORE = "hypervolume"
@@ -50,45 +33,12 @@ def parse_floats(value: str, flag: str) -> list[float]:
         raise ConfigError(flag, f"must be comma-separated numbers, got {value!r}") from e
 
 
-def beta_name(beta: float, i: int) -> str:
-    return f"beta{beta:g}-{i}"
-
-
-def beta_specs(recipe: Recipe, betas: list[float]) -> list[BackboneSpec]:
-    """Backbone i of every candidate β: w_i = column i of B(β), named ``beta<β>-<i>``."""
-    n = len(recipe.objectives)
-    specs = []
-    for b in betas:
-        if not (1.0 / n < b <= 1.0):
-            raise ConfigError("search.betas", f"β must lie in (1/n, 1] = ({1 / n:.4g}, 1], got {b}")
-        W = backbone_weights(n, b)
-        specs += [BackboneSpec(beta_name(b, i), [round(float(x), 12) for x in W[i]]) for i in range(n)]
-    return specs
-
-
-def short_steps(recipe: Recipe, fraction: float) -> int:
-    """ppo.steps of a β-selection run: ``fraction`` of the budget, at least one step (paper: 20%)."""
-    return max(1, math.ceil(fraction * recipe.ppo.steps))
-
-
 def with_overrides(recipe: Recipe, **sections) -> Recipe:
     """A validated copy of ``recipe`` with ``{section: {key: value}}`` replaced."""
     tree = to_dict(recipe)
     for section, values in sections.items():
         tree[section].update(values)
     return from_dict(Recipe, tree).validate()
-
-
-def split_beta_manifest(manifest: Path, beta: float, out: Path) -> Path:
-    """The β-run manifest restricted to one β's backbones, as a ``bone_soup`` manifest with that β."""
-    doc = BackboneManifest.read(manifest)
-    recipe = with_overrides(doc.recipe_config(), soup={"beta": beta})
-    prefix = f"beta{beta:g}-"
-    entries = [b for b in doc.backbones if b.name.startswith(prefix)]
-    if len(entries) != len(recipe.objectives):
-        raise ConfigError("search.betas", f"manifest {manifest} has {len(entries)} backbones for β={beta}")
-    path = out / f"beta{beta:g}" / "manifest.json"
-    return write_manifest(path, recipe, Method.BONE_SOUP, entries, doc.space)
 
 
 _CACHE: dict = {}  # per trial actor: survives between trials when Tune reuses the actor
@@ -223,28 +173,6 @@ def _params(params: dict):
     from mlflow.entities import Param
 
     return [Param(k, str(v)) for k, v in params.items()]
-
-
-def retuned_bundle(source: Path, out: Path, alpha: float, gamma: float | None = None) -> Path:
-    """A copy of the soup bundle ``source`` with the searched α (and γ) written into ``bundle.json``."""
-
-    b = load_bundle(source)
-    write_bundle(
-        out,
-        b.base,
-        [(name, Path(source) / "adapters" / f"{name}.safetensors") for name in b.names],
-        beta=b.beta,
-        alpha=alpha,
-        objectives=b.objectives,
-        normalization=b.normalization,
-        ref_point=b.ref_point,
-        lora_config=b.lora,
-        gamma=b.gamma if gamma is None else gamma,
-        overwrite=True,
-        reward_space=b.reward_space,
-        diagnostics=b.diagnostics,
-    )
-    return out
 
 
 def results_table(
