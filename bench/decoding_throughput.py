@@ -5,7 +5,7 @@
 
 Every case runs through ``soupkitchen.decoding.decode`` on one mixed model (n random LoRA backbones over W0,
 the recipe's rank and targets), greedy, every row forced to ``--tokens`` new tokens, each row its own μ:
-  plain        log π_base(μ)                                     1 forward row per request row
+  plain        log π_base(μ), mode bone_soup (unguided)          1 forward row per request row
   mage_i_m     (1+γ) log π_base − γ log π_ref (π*_merge ≡ base)  2 forward rows  (target ≤ 2× plain)
   mage_i_m-3   log π_base + γ(log π*_merge − log π_ref), shortcut off: 3 forward rows
   mod          Σ_i μ_i log π_i over the n backbones               n forward rows (expected ≈ n×)
@@ -18,21 +18,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from merging_throughput import random_adapters, timed  # noqa: E402
-
-from soupkitchen.config import load_recipe, parse_cli_overrides  # noqa: E402
-from soupkitchen.data import load_prompt_records  # noqa: E402
-from soupkitchen.decoding import AdapterRoles, DecodeSettings, decode  # noqa: E402
-from soupkitchen.merging import build_mixed_model, use_coefficients  # noqa: E402
-from soupkitchen.models import format_prompt, load_base_model, resolve_device  # noqa: E402
+from soupkitchen.benchmarks import random_adapters, timed
+from soupkitchen.config import load_recipe, parse_cli_overrides
+from soupkitchen.data import load_prompt_records
+from soupkitchen.decoding import AdapterRoles, DecodeSettings, decode
+from soupkitchen.merging import build_mixed_model, use_coefficients
+from soupkitchen.methods import Mode
+from soupkitchen.models import format_prompt, load_base_model, resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         mus = torch.distributions.Dirichlet(torch.ones(n)).sample((b,)).double().numpy()
         mus /= mus.sum(1, keepdims=True)
         cases = {
-            "plain": [roles.plan("plain", mu, 0.0) for mu in mus],
-            "mage_i_m": [roles.plan("mage_i_m", mu, args.gamma) for mu in mus],
-            "mage_i_m-3": [roles.plan("mage_i_m", mu, args.gamma, shortcut=False) for mu in mus],
-            "mod": [roles.plan("mod", mu, 1.0) for mu in mus],
+            "plain": [roles.plan(Mode.BONE_SOUP, mu, 0.0) for mu in mus],
+            "mage_i_m": [roles.plan(Mode.MAGE_I_M, mu, args.gamma) for mu in mus],
+            "mage_i_m-3": [roles.plan(Mode.MAGE_I_M, mu, args.gamma, shortcut=False) for mu in mus],
+            "mod": [roles.plan(Mode.MOD, mu, 1.0) for mu in mus],
         }
         base_c = np.stack([roles.base(mu) for mu in mus])
 

@@ -5,7 +5,8 @@ and the autoscaler adding replicas under load and removing them after.
     python bench/serve_load.py --soup ~/.cache/soupkitchen/runs/demo-compare-bone_soup/bundles/bone_soup
     python bench/serve_load.py --address 127.0.0.1:6379 --soup models:/soup-demo@production --requests 400
 
-It starts Ray (or joins ``--address``), deploys ``serve.app:app`` on 127.0.0.1:``--port`` and drives it with
+It starts Ray (or joins ``--address``), deploys the endpoint (``soupkitchen.serving.builder.build_app``, what
+``serve.app:app`` builds) on 127.0.0.1:``--port`` and drives it with
 an asyncio + aiohttp client: ``--concurrency`` requests in flight, each ``--tokens`` new tokens exactly
 (the server's ``min_tokens`` = max_tokens, so every request costs the same), greedy. Phases, interleaved
 ``--rounds`` times so they see the same machine load:
@@ -31,20 +32,25 @@ import threading
 import time
 from pathlib import Path
 
+import aiohttp
 import numpy as np
+import ray
+import requests
+from ray import serve
+from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "platform"), str(ROOT), str(ROOT / "bench")]
+from soupkitchen.benchmarks import random_adapters
+from soupkitchen.config import load_recipe
+from soupkitchen.merging import write_bundle
+from soupkitchen.methods import Mode
+from soupkitchen.serving import ServeOptions
+from soupkitchen.serving.builder import build_app
+
+ROOT = Path(__file__).resolve().parents[1]  # the replicas' working_dir
 
 
 def random_soup(recipe_name: str, n: int, out: Path) -> Path:
     """A Bone Soup bundle of n random LoRA adapters over the recipe's W0 (β = recipe's soup.beta)."""
-    from merging_throughput import random_adapters
-    from safetensors.torch import save_file
-
-    from soupkitchen.config import load_recipe
-    from soupkitchen.merging import write_bundle
-
     recipe = load_recipe(recipe_name)
     files = []
     for i, state in enumerate(random_adapters(recipe, n, "cpu")):
@@ -75,8 +81,6 @@ class ReplicaWatch(threading.Thread):
 
     def count(self) -> int:
         """Replicas the autoscaler has asked for: RUNNING + STARTING (a new one loads the model first)."""
-        from ray import serve
-
         dep = serve.status().applications["soupkitchen"].deployments["SoupModel"]
         return sum(int(dep.replica_states.get(k, 0)) for k in ("RUNNING", "STARTING"))
 
@@ -90,8 +94,6 @@ class ReplicaWatch(threading.Thread):
 
 async def drive(url: str, bodies: list[dict], concurrency: int) -> dict:
     """Send ``bodies`` with at most ``concurrency`` in flight; throughput, latency percentiles, errors."""
-    import aiohttp
-
     sem = asyncio.Semaphore(concurrency)
     lat, tokens, batch, errors = [], 0, [], 0
 
@@ -128,7 +130,7 @@ def bodies_for(phase: str, n_obj: int, k: int, tokens: int, modes: list[str], rn
     out = []
     for i in range(k):
         mu = [1.0 / n_obj] * n_obj if phase == "single" else rng.dirichlet(np.ones(n_obj)).tolist()
-        mode = rng.choice(modes) if phase == "modes" else "bone_soup"
+        mode = rng.choice(modes) if phase == "modes" else Mode.BONE_SOUP.value
         out.append(
             {
                 "prompt": f"Write one sentence about topic {i}.",
@@ -158,39 +160,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-wait", type=float, default=0.05, help="batch_wait_timeout_s")
     p.add_argument("--torch-threads", type=int, default=1)
     a = p.parse_args(argv)
-
-    import ray
-    from ray import serve
-
-    from serve.app import app
-
     tmp = tempfile.TemporaryDirectory()
     soup = a.soup or str(random_soup(a.recipe, 2, Path(tmp.name)))
     runtime = {"working_dir": str(ROOT), "env_vars": {"PYTHONPATH": "platform"}}
     ray.init(address=a.address, runtime_env=runtime, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": a.port})
-    args = {
-        "soup": soup,
-        "model_name": "bench",
-        "num_cpus": a.num_cpus,
-        "min_replicas": 1,
-        "max_replicas": a.max_replicas,
-        "target_ongoing_requests": max(a.max_batch_size // 4, 1),
-        "upscale_delay_s": 2.0,
-        "downscale_delay_s": 10.0,
-        "metrics_interval_s": 1.0,
-        "look_back_period_s": 5.0,
-        "max_batch_size": a.max_batch_size,
-        "batch_wait_timeout_s": a.batch_wait,
-        "min_tokens": a.tokens,
-        "max_tokens_limit": max(a.tokens, 16),
-        "default_max_tokens": a.tokens,
-        "torch_threads": a.torch_threads,
-    }
-    serve.run(app(args), name="soupkitchen", route_prefix="/", blocking=False)
+    options = ServeOptions(
+        soup=soup,
+        model_name="bench",
+        num_cpus=a.num_cpus,
+        min_replicas=1,
+        max_replicas=a.max_replicas,
+        target_ongoing_requests=max(a.max_batch_size // 4, 1),
+        upscale_delay_s=2.0,
+        downscale_delay_s=10.0,
+        metrics_interval_s=1.0,
+        look_back_period_s=5.0,
+        max_batch_size=a.max_batch_size,
+        batch_wait_timeout_s=a.batch_wait,
+        min_tokens=a.tokens,
+        max_tokens_limit=max(a.tokens, 16),
+        default_max_tokens=a.tokens,
+        torch_threads=a.torch_threads,
+    )
+    serve.run(build_app(options), name="soupkitchen", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{a.port}"
-    import requests
-
     info = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]
     n_obj, modes = len(info["objectives"]), [m for m in a.modes.split(",") if m in info["modes"]]
     rng = np.random.default_rng(0)

@@ -16,21 +16,26 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 
-from soupkitchen.config import ConfigError, load_recipe
+from soupkitchen import preferences
+from soupkitchen.config import load_recipe
 from soupkitchen.data import load_prompt_records
 from soupkitchen.decoding import (
     AdapterRoles,
     DecodeSettings,
     GuidanceProcessor,
     RowBatch,
+    RowRequest,
     base_coefficients,
     decode,
     row_plan,
 )
+from soupkitchen.errors import ConfigError
 from soupkitchen.evaluation import build_plan, load_mixed, read_source
 from soupkitchen.generation import generate_batch
 from soupkitchen.merging import build_mixed_model, load_adapter_state, materialize, use_coefficients
+from soupkitchen.methods import Mode, parse_guided_modes
 from soupkitchen.models import attach_lora, load_base_model
+from soupkitchen.preferences import Preference
 from soupkitchen.value_models import value_lora
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -60,10 +65,10 @@ def run(s, plans, settings=None, prompts=None, **kw):
 
 def test_gamma_zero_is_plain_decoding_and_plain_is_hf_generate(stack):
     s = stack
-    plain = run(s, [s.roles.plan("plain", mu, 0.0) for mu in MUS])
-    for mode in ("mage_i_m", "mage_i", "mod"):
+    plain = run(s, [s.roles.plan(Mode.BONE_SOUP, mu, 0.0) for mu in MUS])
+    for mode in (Mode.MAGE_I_M, Mode.MAGE_I, Mode.MOD):
         plans = [s.roles.plan(mode, mu, 0.0) for mu in MUS]
-        if mode != "mod":
+        if mode is not Mode.MOD:
             assert all(p.width == 1 for p in plans)  # γ = 0 drops every guidance row
             assert torch.equal(run(s, plans).tokens, plain.tokens), mode
     with use_coefficients(s.model, np.stack([s.roles.base(mu) for mu in MUS])):
@@ -81,7 +86,7 @@ def test_one_hot_mod_reproduces_that_backbone(stack):
     base, _ = load_base_model(s.recipe.model)
     for i in (0, 1):
         mu = np.eye(2)[i]
-        plan = s.roles.plan("mod", mu, 1.0)
+        plan = s.roles.plan(Mode.MOD, mu, 1.0)
         assert plan.width == 1 and plan.components[0].weight == 1.0
         out = run(s, [plan] * 3, prompts=s.prompts[:3])
         dense = materialize(base, [load_adapter_state(s.plan.adapters[2 + i])], [1.0], s.plan.lora[2 + i])
@@ -95,12 +100,12 @@ def test_mixed_batch_rows_equal_rows_decoded_alone(stack):
     s = stack
     r = s.roles
     plans = [
-        r.plan("plain", MUS[0], 0.0),
-        r.plan("mage_i_m", MUS[1], 1.0),
-        r.plan("mage_i", MUS[2], 0.5),
-        r.plan("mod", MUS[3], 1.0),
-        r.plan("mage_i_m", MUS[4], 2.0, shortcut=False),
-        r.plan("mage_i", MUS[5], 3.0, ensemble_weights="bone_soup"),
+        r.plan(Mode.BONE_SOUP, MUS[0], 0.0),
+        r.plan(Mode.MAGE_I_M, MUS[1], 1.0),
+        r.plan(Mode.MAGE_I, MUS[2], 0.5),
+        r.plan(Mode.MOD, MUS[3], 1.0),
+        r.plan(Mode.MAGE_I_M, MUS[4], 2.0, shortcut=False),
+        r.plan(Mode.MAGE_I, MUS[5], 3.0, ensemble_weights="bone_soup"),
     ]
     together = run(s, plans)
     assert together.forward_rows == sum(p.width for p in plans) == 1 + 2 + 3 + 2 + 3 + 4  # μ_i = 0: no row
@@ -126,7 +131,7 @@ def test_mage_i_m_score_is_its_formula(stack):
     lp_ref = base_model(**enc, position_ids=pos).logits[:, -1].log_softmax(-1)
     want = (1 + gamma) * lp_base - gamma * lp_ref
     for shortcut, width in ((True, 2), (False, 3)):
-        plan = s.roles.plan("mage_i_m", mu, gamma, shortcut=shortcut)
+        plan = s.roles.plan(Mode.MAGE_I_M, mu, gamma, shortcut=shortcut)
         assert plan.width == width
         batch = RowBatch(s.model, [plan, plan], enc["input_ids"], enc["attention_mask"])
         score, lp = batch.forward()
@@ -158,7 +163,7 @@ def test_mage_e_score_reads_value_rows_as_residuals(stack):
         "mage_e_m": lp_base
         + gamma * (_first_logits(materialize(base_model, adapters[2:], mu, s.plan.lora[2]), enc) - w0),
     }
-    for mode, width in (("mage_e", 4), ("mage_e_m", 3)):
+    for mode, width in ((Mode.MAGE_E, 4), (Mode.MAGE_E_M, 3)):
         plan = roles.plan(mode, mu, gamma)
         assert plan.width == width and plan.components[-1].c == (0.0,) * 4  # base, value rows, W0
         assert plan.components[-1].value == -gamma  # −γ Σ μ_i logits(W0)
@@ -180,9 +185,9 @@ def test_untrained_value_models_add_no_guidance(stack):
     model = build_mixed_model(base, states, lora, ["bs0", "bs1", "v0", "v1"])
     roles = AdapterRoles(4, [0, 1], s.sources["bone_soup"].beta, 0.0, values=[2, 3])
     settings = DecodeSettings(max_new_tokens=10)
-    plain = decode(model, s.tok, s.prompts, [roles.plan("plain", mu, 0.0) for mu in MUS], settings)
+    plain = decode(model, s.tok, s.prompts, [roles.plan(Mode.BONE_SOUP, mu, 0.0) for mu in MUS], settings)
     enc = s.tok(s.prompts, return_tensors="pt", padding=True)
-    for mode in ("mage_e", "mage_e_m"):
+    for mode in (Mode.MAGE_E, Mode.MAGE_E_M):
         for gamma in (1.0, 20.0):
             plans = [roles.plan(mode, mu, gamma) for mu in MUS]
             with torch.no_grad():
@@ -195,22 +200,22 @@ def test_residual_w0_row_is_one_shared_forward_row():
     """All value rows share one c = 0 row (u = −γ Σ w_i); a c = 0 row already in the plan (here the base)
     serves the residual too (w and u on one forward row), unless the shortcut is off."""
     e = np.eye(3)
-    plan = row_plan("mage_e", 2.0, base=e[0], values=[e[1], e[2]], value_weights=[0.25, 0.75])
+    plan = row_plan(Mode.MAGE_E, 2.0, base=e[0], values=[e[1], e[2]], value_weights=[0.25, 0.75])
     assert [(c.c, c.weight, c.value) for c in plan.components] == [
         ((1.0, 0, 0), 1.0, 0.0),
         ((0, 1.0, 0), 0.0, 0.5),
         ((0, 0, 1.0), 0.0, 1.5),
         ((0, 0, 0), 0.0, -2.0),
     ]
-    shared = row_plan("mage_e_m", 2.0, base=np.zeros(3), values=[e[1], e[2]])
+    shared = row_plan(Mode.MAGE_E_M, 2.0, base=np.zeros(3), values=[e[1], e[2]])
     assert shared.width == 2 and (shared.components[0].weight, shared.components[0].value) == (1.0, -2.0)
-    assert row_plan("mage_e_m", 2.0, base=np.zeros(3), values=[e[1], e[2]], shortcut=False).width == 3
+    assert row_plan(Mode.MAGE_E_M, 2.0, base=np.zeros(3), values=[e[1], e[2]], shortcut=False).width == 3
 
 
 def test_mage_i_uses_bone_soup_backbones_and_mod_the_rewarded_soups(stack):
     """With both sources, evaluate's MAGE-I π*_i are the Bone Soup backbones, MOD's experts the RS ones."""
     s = stack
-    plan = build_plan(s.recipe, s.sources, include_sft=False, modes=["mage_i", "mod"], gamma=1.0)
+    plan = build_plan(s.recipe, s.sources, include_sft=False, modes=[Mode.MAGE_I, Mode.MOD], gamma=1.0)
     fronts = {f.label: f for f in plan.fronts}
     files = {m: {p.resolve() for p in src.adapters} for m, src in s.sources.items()}
 
@@ -221,14 +226,14 @@ def test_mage_i_uses_bone_soup_backbones_and_mod_the_rewarded_soups(stack):
     assert used(fronts["mage_i"]) == files["bone_soup"]
     assert used(fronts["mod"]) == files["rewarded_soups"]
     mu = [0.3, 0.7]
-    mage_i = s.roles.plan("mage_i", mu, 1.0)  # base, π*_0 = e_0, π*_1 = e_1, π_ref = 0
+    mage_i = s.roles.plan(Mode.MAGE_I, mu, 1.0)  # base, π*_0 = e_0, π*_1 = e_1, π_ref = 0
     assert [c.c for c in mage_i.components[1:]] == [(1.0, 0, 0, 0), (0, 1.0, 0, 0), (0, 0, 0, 0)]
-    assert [c.c for c in s.roles.plan("mod", mu, 1.0).components] == [(0, 0, 1.0, 0), (0, 0, 0, 1.0)]
+    assert [c.c for c in s.roles.plan(Mode.MOD, mu, 1.0).components] == [(0, 0, 1.0, 0), (0, 0, 0, 1.0)]
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(stack):
     s = stack
-    plans = [s.roles.plan("mage_i_m", mu, 1.0) for mu in MUS]
+    plans = [s.roles.plan(Mode.MAGE_I_M, mu, 1.0) for mu in MUS]
     st = DecodeSettings(max_new_tokens=10, greedy=False, temperature=1.3, top_p=0.95, seed=5)
     a, b = run(s, plans, st), run(s, plans, st)
     assert torch.equal(a.tokens, b.tokens)
@@ -243,7 +248,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(stack):
 def test_chunk_beam(stack):
     """b = c = 1 is plain sampling (same draws); b2c2 is deterministic under a seed, one row per request."""
     s = stack
-    plans = [s.roles.plan("mage_i_m", mu, 1.0) for mu in MUS[:3]]
+    plans = [s.roles.plan(Mode.MAGE_I_M, mu, 1.0) for mu in MUS[:3]]
     prompts = s.prompts[:3]
     sample = run(s, plans, DecodeSettings(max_new_tokens=9, greedy=False, seed=2), prompts=prompts)
     b1 = DecodeSettings(max_new_tokens=9, seed=2, beam_width=1, beam_expansion=1, beam_lookahead=4)
@@ -256,7 +261,7 @@ def test_chunk_beam(stack):
 
 def test_stop_strings_and_eos(stack):
     s = stack
-    plans = [s.roles.plan("plain", mu, 0.0) for mu in MUS]
+    plans = [s.roles.plan(Mode.BONE_SOUP, mu, 0.0) for mu in MUS]
     free = run(s, plans)
     words = free.texts[0].split()
     stop = words[min(2, len(words) - 1)]
@@ -272,7 +277,7 @@ def test_stop_strings_and_eos(stack):
 def test_logits_processor_matches_the_loop(stack):
     s = stack
     enc = s.tok(s.prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    for mode in ("mage_i_m", "mage_i"):
+    for mode in (Mode.MAGE_I_M, Mode.MAGE_I):
         plans = [s.roles.plan(mode, mu, 1.0) for mu in MUS]
         with use_coefficients(s.model, base_coefficients(plans)), torch.no_grad():
             out = s.model.generate(
@@ -288,7 +293,7 @@ def test_logits_processor_matches_the_loop(stack):
         mask = torch.arange(hf.shape[1])[None] < loop.lengths[:, None]
         assert torch.equal(hf[mask], loop.tokens[:, : hf.shape[1]][mask]), mode
     with pytest.raises(ConfigError, match="has no base model row"):
-        base_coefficients([s.roles.plan("mod", MUS[0], 1.0)])
+        base_coefficients([s.roles.plan(Mode.MOD, MUS[0], 1.0)])
 
 
 def test_inputs_are_validated_with_the_field_named(stack):
@@ -303,18 +308,58 @@ def test_inputs_are_validated_with_the_field_named(stack):
         r.plan("mod", [0.2, 0.3], 1.0)
     with pytest.raises(ConfigError, match="--value-models: mode 'mage_e_m' needs explicit value models"):
         r.plan("mage_e_m", [0.5, 0.5], 1.0)
+    with pytest.raises(ConfigError, match="decoding.mode: unknown mode 'plain'"):  # now bone_soup
+        r.plan("plain", [0.5, 0.5], 0.0)
     with pytest.raises(ConfigError, match="decoding.mode: mode 'mage_i_m' needs π"):
-        row_plan("mage_i_m", 1.0, base=np.zeros(4))
+        row_plan(Mode.MAGE_I_M, 1.0, base=np.zeros(4))
     with pytest.raises(ConfigError, match="decoding.beam_expansion: must be an integer >= 1"):
         DecodeSettings(beam_width=2, beam_expansion=0).check()
     with pytest.raises(ConfigError, match="decoding.top_p"):
         DecodeSettings(top_p=0.0).check()
     with pytest.raises(ConfigError, match=r"decoding.beam_width: must lie in \[0, 64\]"):
         load_recipe("tiny", {"decoding.beam_width": -1})
-    with pytest.raises(ConfigError, match="decoding.modes.1: unknown mode 'mage'"):
+    with pytest.raises(ConfigError, match="decoding.modes: unknown key"):  # modes are per request row
         load_recipe("tiny", {"decoding.modes": ["mod", "mage"]})
+    with pytest.raises(ConfigError, match="--modes: unknown guided mode 'mage'"):  # where the rule lives now
+        parse_guided_modes("mod,mage")
+    with pytest.raises(ConfigError, match="soup.alpha: extrapolation α must be a finite number >= 0"):
+        AdapterRoles(2, [0, 1], 0.7, alpha=-0.5)
     rec = load_recipe(
         "tiny", {"decoding.max_new_tokens": 7, "decoding.greedy": False, "decoding.beam_width": 2}
     )
     st = DecodeSettings.from_config(rec.decoding, rec.generation)
     assert (st.max_new_tokens, st.greedy, st.beam_width, st.stop) == (7, False, 2, ())
+    st = DecodeSettings.from_config(rec.decoding, rec.generation, 3, greedy=True, top_k=5)
+    assert (st.max_new_tokens, st.greedy, st.top_k, st.seed, st.beam_width) == (7, True, 5, 3, 2)
+    with pytest.raises(ConfigError, match="decoding.top_k: must be an integer >= 0"):
+        DecodeSettings.from_config(rec.decoding, rec.generation, top_k=-1)
+
+
+def test_a_request_is_validated_once(stack, monkeypatch):
+    """``plan`` validates μ once (it used to be checked again by every coefficient helper it called);
+    ``plan_for`` takes a typed ``RowRequest`` and validates nothing: the serving engine's path."""
+    calls = []
+    check = preferences.validate_preference
+    monkeypatch.setattr(preferences, "validate_preference", lambda *a: calls.append(a) or check(*a))
+    r, mu = stack.roles, [0.3, 0.7]
+    for mode in Mode:
+        calls.clear()
+        plan = r.plan(mode, mu, 1.0, ensemble_weights="bone_soup") if not mode.explicit else None
+        if plan is None:
+            continue
+        assert len(calls) == 1, mode
+        calls.clear()
+        typed = r.plan_for(RowRequest(mode, Preference((0.3, 0.7)), 1.0), ensemble_weights="bone_soup")
+        assert calls == [] and typed == plan, mode
+
+
+def test_unguided_modes_decode_the_merged_soup(stack):
+    """bone_soup decodes c = (1+α)B(β)⁻¹μ, rewarded_soups c = (1+α)μ on the same backbones (B = I); a
+    request's own α overrides the roles' (``RowRequest.alpha``); γ has nothing to guide."""
+    r, mu = stack.roles, Preference((0.3, 0.7))
+    bs = r.plan_for(RowRequest(Mode.BONE_SOUP, mu, 0.0))
+    rs = r.plan_for(RowRequest(Mode.REWARDED_SOUPS, mu, 0.0, alpha=0.5))
+    assert bs.width == rs.width == 1 and bs.base == rs.base == 0 and not bs.mode.guided
+    np.testing.assert_allclose(bs.components[0].c[:2], mu.coefficients(r.beta))
+    np.testing.assert_allclose(rs.components[0].c, [0.45, 1.05, 0.0, 0.0])
+    assert r.plan(Mode.REWARDED_SOUPS, mu, 3.0) == r.plan(Mode.REWARDED_SOUPS, [0.3, 0.7], 0.0)

@@ -87,7 +87,7 @@ def test_models_lists_the_soup_and_every_mode_answers(endpoint):
     assert endpoint["id"] == "tiny" and endpoint["objectives"] == ["warm", "calm"]
     assert set(endpoint["modes"]) == {
         "bone_soup",
-        "rewarded_soup",
+        "rewarded_soups",
         "mage_i_m",
         "mage_i",
         "mage_e_m",
@@ -145,6 +145,10 @@ BAD = [
     ("max_tokens over the limit", good(max_tokens=10_000), None, 400, "max_tokens"),
     ("prompt over the context", good(prompt="word " * 300), None, 400, "prompt"),
     ("unknown mode", good(mode="telepathy"), None, 400, "mode"),
+    ("the old mode name", good(mode="rewarded_soup"), None, 400, "mode"),
+    ("negative γ", good(mode="mage_i_m", gamma=-0.5), None, 400, "gamma"),
+    ("γ not a number", good(gamma="high"), None, 400, "gamma"),
+    ("not an object", [1, 2], None, 400, None),
     ("unknown model", good(model="gpt-9"), None, 404, "model"),
     ("body over the limit", good(prompt="x" * 5000), None, 413, None),
 ]
@@ -159,6 +163,21 @@ def test_bad_input_gets_4xx_and_the_server_keeps_answering(endpoint, what, body,
     assert post("/v1/completions", good()).status_code == 200
 
 
+def test_validation_errors_say_what_is_allowed(endpoint):
+    r = post("/v1/completions", good(mode="rewarded_soup"))
+    assert r.status_code == 400 and "did you mean 'rewarded_soups'?" in r.json()["error"]["message"]
+    r = post("/v1/completions", good(preference=[0.2, 0.3, 0.5]))
+    err = r.json()["error"]
+    assert (r.status_code, err["param"]) == (400, "preference")
+    assert "one weight per objective" in err["message"]
+    r = post("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]})
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "messages[0].role")
+    r = post("/v1/completions", good(gamma=-1))
+    err = r.json()["error"]
+    assert (r.status_code, err["param"], err["type"]) == (400, "gamma", "invalid_request_error")
+    assert "[0, 10]" in err["message"] and "got -1" in err["message"]
+
+
 def test_auth_and_unknown_routes(endpoint):
     r = post("/v1/completions", good(), headers={})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
@@ -171,7 +190,7 @@ def test_mixed_batch_equals_each_request_alone(endpoint):
     bodies = [
         good(prompt=f"prompt {i}", preference=[i / 7, 1 - i / 7], mode=m, max_tokens=8)
         for i, m in enumerate(
-            ["bone_soup", "mage_i_m", "mod", "mage_e_m", "rewarded_soup", "bone_soup", "mage_e", "mage_i"]
+            ["bone_soup", "mage_i_m", "mod", "mage_e_m", "rewarded_soups", "bone_soup", "mage_e", "mage_i"]
         )
     ]
     with ThreadPoolExecutor(len(bodies)) as pool:

@@ -1,16 +1,26 @@
-"""Serving without Ray: request validation (every bad input names its field), μ normalisation, the text
-stream, and the batched engine on the tiny soup (a mixed batch of μ / modes / sampling settings decodes
-exactly as each request alone; γ = 0 guided modes equal plain Bone Soup)."""
+"""Serving without a Ray cluster: request validation (pydantic bodies; every bad input is a 400 naming its
+field), μ normalisation, the text stream, the options parsed once when the app is built, and the batched
+engine on the tiny soup (a mixed batch of μ / modes / sampling settings decodes exactly as each request
+alone; γ = 0 guided modes equal unguided Bone Soup)."""
 
 from __future__ import annotations
 
 import math
+import pickle
+import shutil
 
 import pytest
 
-from soupkitchen.config import ConfigError
+import jobs.train_value_models as train_value_models_job
+import serve.app
+from soupkitchen.errors import ConfigError
+from soupkitchen.merging import load_bundle
+from soupkitchen.methods import Mode
+from soupkitchen.preferences import Preference
 from soupkitchen.serving import (
     APIError,
+    CompletionBody,
+    GenerationRequest,
     ServeOptions,
     SoupEngine,
     SoupInfo,
@@ -23,8 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 INFO = SoupInfo(
     model="soup",
     objectives=["warm", "calm"],
-    modes=["bone_soup", "rewarded_soup", "mage_i_m", "mod"],
-    default_mode="bone_soup",
+    modes=[Mode.BONE_SOUP, Mode.REWARDED_SOUPS, Mode.MAGE_I_M, Mode.MOD],
+    default_mode=Mode.BONE_SOUP,
     gamma=1.0,
     alpha=0.0,
     beta=0.7,
@@ -37,9 +47,11 @@ INFO = SoupInfo(
 
 
 def test_preference_lists_and_mappings_are_normalised():
-    assert parse_preference([3, 1], INFO.objectives) == [0.75, 0.25]
-    assert parse_preference({"calm": 2}, INFO.objectives) == [0.0, 1.0]
-    assert parse_preference(None, INFO.objectives) == [0.5, 0.5]
+    assert parse_preference([3, 1], INFO.objectives) == Preference((0.75, 0.25))
+    assert parse_preference({"calm": 2}, INFO.objectives) == Preference((0.0, 1.0))
+    assert parse_preference(None, INFO.objectives) == Preference((0.5, 0.5))
+    req = parse_request({"prompt": "x", "preference": [3, 1]}, "completion", INFO)
+    assert isinstance(req.preference, Preference) and req.preference.weights == (0.75, 0.25)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +73,16 @@ def test_preference_lists_and_mappings_are_normalised():
         ({"prompt": "x", "max_tokens": 0}, "max_tokens", 400),
         ({"prompt": "x", "mode": "beam_me_up"}, "mode", 400),
         ({"prompt": "x", "mode": "mage_e_m"}, "mode", 400),  # this soup has no value models
+        ({"prompt": "x", "mode": "rewarded_soup"}, "mode", 400),  # the old name: rewarded_soups
+        ({"prompt": "x", "mode": None}, "mode", 400),
+        ({"prompt": "x", "gamma": "1"}, "gamma", 400),
+        ({"prompt": "x", "gamma": True}, "gamma", 400),
+        ({"prompt": "x", "gamma": 10**400}, "gamma", 400),  # no float: a 400, not an OverflowError
+        ({"prompt": "x", "max_tokens": 5.0}, "max_tokens", 400),
+        ({"prompt": "x", "max_completion_tokens": 0, "max_tokens": 5}, "max_completion_tokens", 400),
+        ({"prompt": "x", "stream": "yes"}, "stream", 400),
+        ({"prompt": "x", "stream_options": "usage"}, "stream_options", 400),
+        ({"prompt": "x", "top_k": -1}, "top_k", 400),
         ({"prompt": "x", "temperature": 3}, "temperature", 400),
         ({"prompt": "x", "top_p": 0}, "top_p", 400),
         ({"prompt": "x", "n": 2}, "n", 400),
@@ -84,6 +106,8 @@ def test_bad_completion_bodies_name_the_field(body, param, status):
         ([], "messages"),
         ([{"role": "robot", "content": "x"}], "messages[0].role"),
         ([{"role": "user", "content": 3}], "messages[0].content"),
+        ([{"role": "user", "content": "x"}, "hi"], "messages[1].role"),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "messages[0].content"),
     ],
 )
 def test_bad_chat_bodies_name_the_field(messages, param):
@@ -102,6 +126,40 @@ def test_defaults_and_greedy():
         ("\n",),
         True,
     )
+    assert req.mode is Mode.BONE_SOUP and isinstance(req, GenerationRequest)
+
+
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        ({"prompt": "x", "preference": [1, 0, 0]}, "preference", ["one weight per objective", "got 3"]),
+        ({"prompt": "x", "gamma": -0.5}, "gamma", ["[0, 10]", "got -0.5"]),
+        ({"prompt": "x", "alpha": 1.5}, "alpha", ["[0, 1]", "got 1.5"]),
+        ({"prompt": "x", "mode": "rewarded_soup"}, "mode", ["did you mean 'rewarded_soups'?"]),
+        ({"prompt": "x", "mode": "mage_e"}, "mode", ["not available", "no value models"]),
+        ({"prompt": "x", "top_p": 0}, "top_p", ["(0, 1]", "got 0"]),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", ["'system', 'user'"]),
+    ],
+)
+def test_validation_errors_are_400s_that_name_the_path_and_the_fix(body, param, words):
+    """A pydantic ValidationError becomes OpenAI's error: HTTP 400, ``param`` the field path, and a message
+    that starts with the path and says what is allowed and what was given."""
+    kind = "chat" if "messages" in body else "completion"
+    with pytest.raises(APIError) as err:
+        parse_request(body, kind, INFO)
+    e = err.value
+    assert (e.status, e.param, e.type) == (400, param, "invalid_request_error")
+    assert e.message.startswith(f"{param}: ") and all(w in e.message for w in words), e.message
+    assert e.body()["error"] == {"message": e.message, "type": e.type, "param": param, "code": None}
+
+
+def test_bodies_are_pydantic_models_that_ignore_unknown_openai_fields():
+    body = {"prompt": "x", "user": "u-1", "metadata": {"a": 1}, "logprobs": False, "n": 1, "echo": False}
+    req = parse_request(body, "completion", INFO)
+    assert req.prompt == "x" and req.mode is Mode.BONE_SOUP
+    fields = CompletionBody.model_fields
+    assert fields["gamma"].metadata and fields["top_p"].metadata  # ranges are Field(ge=, gt=, le=)
+    assert CompletionBody.model_config["extra"] == "ignore"
 
 
 def test_text_stream_holds_back_what_may_change():
@@ -121,8 +179,49 @@ def test_serve_options_name_the_bad_arg(monkeypatch):
         ServeOptions.from_args({"soup": "x", "max_batch_size": "0"})
     with pytest.raises(ConfigError, match="args.max_replicas"):
         ServeOptions.from_args({"soup": "x", "min_replicas": 3, "max_replicas": 2})
+    with pytest.raises(ConfigError, match="args.max_bach_size: unknown key; did you mean 'max_batch_size'"):
+        ServeOptions.from_args({"soup": "x", "max_bach_size": 4})
+    with pytest.raises(ConfigError, match="args.num_gpus"):
+        ServeOptions(soup="x", num_gpus=-1)  # built in code: the same checks
     opts = ServeOptions.from_args({"soup": "models:/soup-demo@production", "num_cpus": "0.5"})
     assert opts.num_cpus == 0.5 and opts.served_name == "soup-demo"
+
+
+class _CountingValidator:
+    """Stands in for ServeOptions' pydantic validator and counts the validations (parses) it runs."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def validate_python(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.validate_python(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_serve_options_are_parsed_once_and_bound_to_both_deployments(monkeypatch):
+    """``serve.app:app`` parses the args once; both deployments are bound to that one object, and what a
+    replica receives (the pickled object) is not parsed again."""
+    counter = _CountingValidator(ServeOptions.__pydantic_validator__)
+    monkeypatch.setattr(ServeOptions, "__pydantic_validator__", counter)
+    from_args = ServeOptions.from_args.__func__
+    parses = []
+    monkeypatch.setattr(
+        ServeOptions, "from_args", classmethod(lambda c, a: parses.append(a) or from_args(c, a))
+    )
+    application = serve.app.app({"soup": "models:/soup-demo@production", "max_replicas": "3"})
+    assert len(parses) == 1 and counter.calls == 1
+    ingress = application._bound_deployment
+    model = ingress.init_args[0]._bound_deployment
+    options = ingress.init_args[1]
+    assert isinstance(options, ServeOptions) and model.init_args == (options,)
+    assert (ingress.name, model.name) == ("OpenAIIngress", "SoupModel")
+    assert model._deployment_config.autoscaling_config.max_replicas == 3
+    for replica_side in (pickle.loads(pickle.dumps(options)), pickle.loads(pickle.dumps(model.init_args))[0]):
+        assert replica_side == options
+    assert counter.calls == 1
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +248,7 @@ def test_engine_mixed_batch_equals_each_request_alone(engine):
         {"prompt": "a b c", "preference": {"calm": 1}, "mode": "mage_e_m", "temperature": 0, "max_tokens": 5},
         {"prompt": "zz", "mode": "mod", "temperature": 0.9, "top_k": 5, "seed": 3, "max_tokens": 6},
         {"messages": [{"role": "user", "content": "hi"}], "mode": "mage_i_m", "temperature": 0, "gamma": 2},
-        {"prompt": "hello there", "preference": [0.3, 0.7], "mode": "rewarded_soup", "temperature": 0},
+        {"prompt": "hello there", "preference": [0.3, 0.7], "mode": "rewarded_soups", "temperature": 0},
     ]
     reqs = [parse_request(b, "chat" if "messages" in b else "completion", info) for b in bodies]
     together = _run(engine, reqs)
@@ -169,6 +268,20 @@ def test_engine_guided_modes_at_gamma_zero_are_bone_soup(engine):
         assert by_mode[md] == by_mode["bone_soup"], md
 
 
+def test_engine_plans_rewarded_soups_at_c_mu_and_bone_soup_at_its_inverse(engine):
+    """The request's validated μ and α reach the plan as they are: c = (1+α)μ for rewarded_soups, the Bone
+    Soup merge (1+α)B⁻¹μ for bone_soup and as the base of the guided modes."""
+    body = {"prompt": "hi", "preference": [0.4, 0.6], "alpha": 0.5}
+    rs, bs, mage = (
+        engine.plan(parse_request({**body, "mode": md}, "completion", engine.info))
+        for md in ("rewarded_soups", "bone_soup", "mage_i_m")
+    )
+    assert rs.mode is Mode.REWARDED_SOUPS and rs.width == 1
+    assert rs.components[0].c[:2] == pytest.approx((0.6, 0.9))
+    want = Preference((0.4, 0.6)).coefficients(engine.bundle.beta, 0.5)
+    assert bs.components[0].c[:2] == pytest.approx(tuple(want)) and mage.components[0].c == bs.components[0].c
+
+
 def test_engine_refuses_prompts_over_the_context(engine):
     req = parse_request({"prompt": "word " * 200, "max_tokens": 8}, "completion", engine.info)
     with pytest.raises(APIError) as err:
@@ -177,10 +290,6 @@ def test_engine_refuses_prompts_over_the_context(engine):
 
 
 def test_bundle_ships_value_models_and_refuses_a_tampered_one(tiny_soup, tmp_path):
-    import shutil
-
-    from soupkitchen.merging import load_bundle
-
     b = load_bundle(tiny_soup)
     assert b.value_names == ["value-warm", "value-calm"] and b.value_indices == [2, 3]
     copy = tmp_path / "soup"
@@ -192,7 +301,6 @@ def test_bundle_ships_value_models_and_refuses_a_tampered_one(tiny_soup, tmp_pat
 
 
 def test_train_value_models_attach_names_the_flag(tmp_path, capsys):
-    import jobs.train_value_models as job
-
+    job = train_value_models_job
     assert job.main(["--recipe", "tiny", "--attach", str(tmp_path), "--out", str(tmp_path / "vm")]) == 2
     assert "--attach" in capsys.readouterr().err

@@ -11,13 +11,14 @@ argmax or sampling from softmax(s_r / T) after top-k / top-p. The first ``min_ne
 EOS (as ``generation.generate_batch``). A row ends at EOS, at a stop string or at ``max_new_tokens``; finished
 rows stay in the batch (feeding pad) so the random stream of sampling does not depend on when other rows end.
 
-Chunk-level beam (``beam_width`` b > 0, notes/mage.md §1.7; Weak-to-Strong Search's CBS semantics):
+Chunk-level beam (``beam_width`` b > 0, docs/methods/mage.md; Weak-to-Strong Search's CBS semantics):
 the prompt expands into b·c candidates; each candidate samples ``beam_lookahead`` l tokens with the
 token-level rule; per request the b candidates with the best value are kept and each is copied c times
 (``beam_expansion``) for the next chunk; at the end the best candidate is returned. The value of a partial
 sequence is Σ_t γ(log π*_merge − log π_ref)(y_t) for implicit modes (Eq. 23), the last token's guidance
-γ V(x, y<T)[y_T] for explicit modes, Σ_t log softmax(s)(y_t) for plain / mod. With c = 1 nothing is pruned
-between chunks (b·c = b candidates, b kept), so b<k>c1 is best-of-k by value: the paper's caveat, kept.
+γ V(x, y<T)[y_T] for explicit modes, Σ_t log softmax(s)(y_t) for unguided modes / mod. With c = 1 nothing
+is pruned between chunks (b·c = b candidates, b kept), so b<k>c1 is best-of-k by value: the paper's caveat,
+kept.
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ from dataclasses import dataclass
 
 import torch
 
-from soupkitchen.config import ConfigError, DecodingConfig, GenerationConfig
+from soupkitchen.config import DecodingConfig, GenerationConfig
 from soupkitchen.decoding.plans import RowPlan
+from soupkitchen.errors import ConfigError
+from soupkitchen.generation import clean_text, encode_prompts
+from soupkitchen.merging.mixed import mix_state, set_coefficients
 
 _BEAM_VALUE = {"logprob": 0, "sum": 1, "last": 2}
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeSettings:
-    """Decoding settings; ``check`` raises ConfigError naming the ``decoding.*`` key."""
+    """Decoding settings, checked once when built (a ConfigError naming the ``decoding.*`` key): ``decode``
+    and ``Decoder`` take them as they are."""
 
     greedy: bool = True
     temperature: float = 1.0
@@ -51,9 +56,18 @@ class DecodeSettings:
     beam_lookahead: int = 10
     seed: int = 0
 
+    def __post_init__(self):
+        self.check()
+
     @classmethod
-    def from_config(cls, dec: DecodingConfig, gen: GenerationConfig, seed: int = 0) -> DecodeSettings:
-        return cls(
+    def from_config(
+        cls, dec: DecodingConfig, gen: GenerationConfig, seed: int = 0, **overrides
+    ) -> DecodeSettings:
+        """The settings of a recipe's ``decoding`` section (``max_new_tokens`` / ``stop`` None: from
+        ``generation``); ``overrides`` (DecodeSettings fields) replace what a caller takes from elsewhere,
+        e.g. ``greedy=recipe.eval.greedy`` and the ``generation`` sampling settings. Checked once, when built.
+        """
+        fields = dict(
             greedy=dec.greedy,
             temperature=dec.temperature,
             top_k=dec.top_k,
@@ -65,9 +79,11 @@ class DecodeSettings:
             beam_expansion=dec.beam_expansion,
             beam_lookahead=dec.beam_lookahead,
             seed=seed,
-        ).check()
+        )
+        return cls(**{**fields, **overrides})
 
     def check(self) -> DecodeSettings:
+        """Raise ConfigError naming the first bad ``decoding.*`` key (run when the settings are built)."""
         ints = {
             "max_new_tokens": (self.max_new_tokens, 1),
             "min_new_tokens": (self.min_new_tokens, 0),
@@ -157,8 +173,6 @@ class RowBatch:
         """One pass over the pending tokens: (s [R, V], log π_base [R, V]; rows without base: row 0's)."""
         state = previous = None
         if self.mixed:  # checked and moved to the device once per layout; restored after the pass
-            from soupkitchen.merging.mixed import mix_state, set_coefficients
-
             state = mix_state(self.model)
             previous = state.c
             if self._c is None:
@@ -341,19 +355,18 @@ class Decoder:
         device: str | torch.device = "cpu",
         generator: torch.Generator | None = None,
     ):
-        from soupkitchen.generation import encode_prompts
-
         if len(prompts) != len(plans):
             raise ValueError(f"got {len(prompts)} prompts and {len(plans)} row plans; one plan per prompt")
         if not prompts:
             raise ValueError("nothing to decode: no prompts")
         settings = settings or DecodeSettings()
-        if isinstance(settings, DecodeSettings):
-            self.settings = settings.check()
+        if isinstance(settings, DecodeSettings):  # checked when built (DecodeSettings.__post_init__)
+            self.settings = settings
             rows = [self.settings] * len(prompts)
             generator = generator or torch.Generator().manual_seed(self.settings.seed)
         else:
-            rows = [x.check() for x in settings]
+            rows = list(settings)
+            assert all(isinstance(x, DecodeSettings) for x in rows), rows
             if len(rows) != len(prompts):
                 raise ValueError(f"got {len(rows)} settings for {len(prompts)} prompts; one per prompt")
             if any(x.beam_width for x in rows):
@@ -383,8 +396,6 @@ class Decoder:
         return self.batch.gen[:, -1], self.batch.done.clone()
 
     def result(self) -> Decoded:
-        from soupkitchen.generation import clean_text
-
         tok = self.tokenizer
         order = torch.argsort(self.batch.ids)  # the beam reorders rows; results come in prompt order
         gen, eos, max_new = self.batch.gen[order], self.batch.eos[order], self.rules.max_new[order]

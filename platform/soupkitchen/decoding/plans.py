@@ -6,14 +6,18 @@ raw logits. The row's next-token score is
 
     s(v) = Σ_j w_j · log_softmax(logits_j)(v) + u_j · logits_j(v)
 
-which covers every mode (notes/mage.md §1.5-1.6, Eq. 25; MOD Eq. 3 in its reverse-KL form):
+which covers every mode (``methods.Mode``; MAGE Eq. 25, docs/methods/mage.md; MOD as MAGE Eq. 3 in its
+reverse-KL form):
 
-    plain      log π_base(μ)                                   base: c = (1+α)B⁻¹μ over the backbones
+    bone_soup       log π_base(μ)                              base: c = (1+α)B⁻¹μ over the backbones
+    rewarded_soups  log π_base(μ)                              base: c = (1+α)μ (B = I) over the backbones
     mage_i_m   log π_base + γ (log π*_merge − log π_ref)        π*_merge: Bone Soup c, π_ref: c = 0
     mage_i     log π_base + γ Σ_i w_i (log π*_i − log π_ref)    π*_i: Bone Soup backbone i (one-hot c), Eq. 26
     mage_e_m   log π_base + γ V_merge(x, y<t)[v]                V_merge: c = Σ_i w_i e_{V_i} (Eq. 24)
     mage_e     log π_base + γ Σ_i w_i V_i(x, y<t)[v]
     mod        Σ_i w_i log π_i                                  π_i: MOD expert i (one-hot c)
+
+The two unguided modes (``not mode.guided``) decode the merged soup alone; the guided ones add rows to it.
 
 Value models are residual heads (``value_models``): V(c) = logits(c) − logits(0), so an explicit mode's
 value rows (u = γ w_i) come with one W0 row c = 0 of u = −γ Σ_i w_i, shared by all value rows; where the
@@ -21,21 +25,27 @@ plan already has a c = 0 row (π_ref) that one forward row serves both (its w an
 
 Forward rows with the same c are merged (w and u add) unless ``shortcut`` is off: with π*_merge ≡ π_base
 (same coefficients) mage_i_m becomes (1+γ) log π_base − γ log π_ref, two forward rows instead of three
-(mage.md §1.5). Rows with w = u = 0 are dropped, so γ = 0 is plain decoding exactly.
+(docs/methods/mage.md). Rows with w = u = 0 are dropped, so γ = 0 is unguided decoding exactly.
+
+Validation happens once, where a request enters: ``AdapterRoles.plan`` (library callers: mode, μ, γ as
+given, each error naming its key) or ``serving.protocol`` (HTTP bodies); both hand a ``RowRequest`` of typed,
+valid values (``Mode``, ``preferences.Preference``) to ``AdapterRoles.plan_for`` and ``row_plan``, which
+only assert them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from soupkitchen.config import DECODING_MODES, ConfigError
-from soupkitchen.preferences import merge_coefficients, validate_preference
+from soupkitchen.errors import ConfigError
+from soupkitchen.methods import Mode, parse
+from soupkitchen.preferences import Preference
 
-IMPLICIT = ("mage_i_m", "mage_i")
-EXPLICIT = ("mage_e_m", "mage_e")
+ENSEMBLE_WEIGHTS = ("mu", "bone_soup")
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,13 @@ class Component:
 @dataclass(frozen=True)
 class RowPlan:
     """The forward rows of one decoding row. ``base``: index of the π_base component (None for mod);
-    ``beam_value``: how the chunk-level beam ranks partial sequences (``sum``: Σ_t guidance of the chosen
-    tokens, Eq. 23; ``last``: guidance of the last token, V(x, y<T)[y_T]; ``logprob``: Σ_t log softmax(s))."""
+    ``mode``: the mode it decodes (default: unguided, its components alone); ``beam_value``: how the
+    chunk-level beam ranks partial sequences (``sum``: Σ_t guidance of the chosen tokens, Eq. 23; ``last``:
+    guidance of the last token, V(x, y<T)[y_T]; ``logprob``: Σ_t log softmax(s))."""
 
     components: tuple[Component, ...]
     base: int | None
-    mode: str = "plain"
+    mode: Mode = Mode.BONE_SOUP
     beam_value: str = "logprob"
 
     @property
@@ -68,10 +79,27 @@ class RowPlan:
         return len(self.components)
 
 
-def check_mode(mode: str, path: str = "decoding.mode") -> str:
-    if mode not in DECODING_MODES:
-        raise ConfigError(path, f"unknown mode {mode!r}; choose one of {', '.join(DECODING_MODES)}")
-    return mode
+@dataclass(frozen=True)
+class RowRequest:
+    """What one decoding row asks of the roles: its mode, μ, γ and α (None: the roles' own α).
+
+    Built from values already validated where they entered (``AdapterRoles.plan``, ``serving.protocol``);
+    the constructor only asserts them."""
+
+    mode: Mode
+    mu: Preference
+    gamma: float = 0.0
+    alpha: float | None = None
+
+    def __post_init__(self):
+        assert isinstance(self.mode, Mode) and isinstance(self.mu, Preference), (self.mode, self.mu)
+        assert math.isfinite(self.gamma) and self.gamma >= 0, self.gamma
+        assert self.alpha is None or (math.isfinite(self.alpha) and self.alpha >= 0), self.alpha
+
+
+def check_mode(mode, path: str = "decoding.mode") -> Mode:
+    """``mode`` as a ``Mode``, or a ConfigError at ``path`` listing the modes."""
+    return parse(Mode, mode, path)
 
 
 def check_gamma(gamma, path: str = "decoding.gamma") -> float:
@@ -82,12 +110,26 @@ def check_gamma(gamma, path: str = "decoding.gamma") -> float:
     return float(gamma)
 
 
+def check_alpha(alpha, path: str = "soup.alpha") -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha < 0:
+        raise ConfigError(path, f"extrapolation α must be a finite number >= 0 (0 = none), got {alpha!r}")
+    return float(alpha)
+
+
+def check_preference(mu, n: int, path: str = "mu") -> Preference:
+    """μ on the simplex with one weight per objective (``Preference.of``), or a ConfigError at ``path``."""
+    try:
+        return Preference.of(mu, n)
+    except ValueError as e:
+        raise ConfigError(path, str(e)) from e
+
+
 def _vec(c) -> tuple[float, ...]:
     return tuple(float(x) for x in np.asarray(c, dtype=np.float64).ravel())
 
 
 def row_plan(
-    mode: str,
+    mode: Mode,
     gamma: float,
     *,
     base=None,
@@ -100,53 +142,57 @@ def row_plan(
 ) -> RowPlan:
     """The plan of one row from coefficient vectors over the stack (see the module docstring).
 
-    ``base``: c of π_base; ``star``: c of π*_merge (mage_i_m); ``experts``: c of π*_i (mage_i) or of the MOD
-    experts, weighted by ``expert_weights``; ``values``: c of each explicit value model, weighted by
-    ``value_weights`` (mage_e_m merges them into one c = Σ w_i c_i, Eq. 24), read as residuals against c = 0.
+    ``mode`` / ``gamma``: a ``Mode`` and a γ >= 0, validated by the caller (asserted here). ``base``: c of
+    π_base; ``star``: c of π*_merge (mage_i_m); ``experts``: c of π*_i (mage_i) or of the MOD experts,
+    weighted by ``expert_weights``; ``values``: c of each explicit value model, weighted by ``value_weights``
+    (mage_e_m merges them into one c = Σ w_i c_i, Eq. 24), read as residuals against c = 0.
     """
-    check_mode(mode)
-    gamma = check_gamma(gamma)
-    need = {
-        "plain": ("base",),
-        "mage_i_m": ("base", "star"),
-        "mage_i": ("base", "experts"),
-        "mage_e_m": ("base", "values"),
-        "mage_e": ("base", "values"),
-        "mod": ("experts",),
-    }[mode]
+    assert isinstance(mode, Mode), mode
+    assert math.isfinite(gamma) and gamma >= 0, gamma
+    if not mode.guided:
+        need = ("base",)
+    else:
+        need = {
+            Mode.MAGE_I_M: ("base", "star"),
+            Mode.MAGE_I: ("base", "experts"),
+            Mode.MAGE_E_M: ("base", "values"),
+            Mode.MAGE_E: ("base", "values"),
+            Mode.MOD: ("experts",),
+        }[mode]
     given = {"base": base, "star": star, "experts": experts, "values": values}
     for k in need:
         if given[k] is None or (k in ("experts", "values") and len(given[k]) == 0):
             what = {"star": "π*_merge coefficients", "experts": "experts", "values": "value models"}.get(k, k)
-            raise ConfigError("decoding.mode", f"mode {mode!r} needs {what}; they were not given")
+            raise ConfigError("decoding.mode", f"mode {mode.value!r} needs {what}; they were not given")
+    has_base = mode is not Mode.MOD
     comps: list[Component] = []
     zero = None
-    if mode != "mod":
+    if has_base:
         comps.append(Component(_vec(base), 1.0))
         zero = tuple(0.0 for _ in comps[0].c)
-    if mode == "mage_i_m":
+    if mode is Mode.MAGE_I_M:
         comps += [Component(_vec(star), gamma), Component(zero, -gamma)]
-    elif mode in ("mage_i", "mod"):
+    elif mode in (Mode.MAGE_I, Mode.MOD):
         w = list(expert_weights) if expert_weights is not None else [1.0 / len(experts)] * len(experts)
         if len(w) != len(experts):
             raise ConfigError(
                 "mu", f"got {len(w)} weights for {len(experts)} experts; one weight per objective"
             )
-        scale = gamma if mode == "mage_i" else 1.0
+        scale = gamma if mode is Mode.MAGE_I else 1.0
         comps += [Component(_vec(e), scale * wi) for e, wi in zip(experts, w, strict=True)]
-        if mode == "mage_i":
+        if mode is Mode.MAGE_I:
             comps.append(Component(_vec(np.zeros(len(experts[0]))), -gamma * float(sum(w))))
-    elif mode in EXPLICIT:
+    elif mode.explicit:
         w = list(value_weights) if value_weights is not None else [1.0 / len(values)] * len(values)
         if len(w) != len(values):
             raise ConfigError("mu", f"got {len(w)} weights for {len(values)} value models")
         rows = list(zip(values, w, strict=True))
-        if mode == "mage_e_m":
+        if mode is Mode.MAGE_E_M:
             rows = [(np.sum([wi * np.asarray(v, dtype=np.float64) for v, wi in rows], 0), 1.0)]
         comps += [Component(_vec(v), value=gamma * float(wi)) for v, wi in rows]
         comps.append(Component(zero, value=-gamma * float(sum(wi for _, wi in rows))))  # residual: logits(W0)
-    comps, base_idx = _simplify(comps, mode != "mod", shortcut)
-    beam_value = "sum" if mode in IMPLICIT else "last" if mode in EXPLICIT else "logprob"
+    comps, base_idx = _simplify(comps, has_base, shortcut)
+    beam_value = "sum" if mode.implicit else "last" if mode.explicit else "logprob"
     return RowPlan(tuple(comps), base_idx, mode, beam_value)
 
 
@@ -171,10 +217,11 @@ class AdapterRoles:
     """Where the roles of MAGE/MOD sit in one adapter stack of ``m`` adapters (indices in objective order).
 
     ``backbones``: Stage-1 backbones (π_base = π*_merge = Σ c_i backbone_i with c = (1+α)B(β)⁻¹μ; β None:
-    Rewarded Soups); ``experts``: π*_i of mage_i (Eq. 26; default: the backbones, with β); ``mod_experts``:
-    the π_i of MOD (e.g. the Rewarded Soups specialists; default: the backbones, with β). Ensemble weights
-    ``bone_soup`` mix them with ``expert_beta`` / ``mod_beta`` (None: RS, w = μ); ``values``: explicit value
-    adapters (residual heads, read against the c = 0 row).
+    Rewarded Soups; mode ``rewarded_soups`` always merges with c = (1+α)μ); ``experts``: π*_i of mage_i
+    (Eq. 26; default: the backbones, with β); ``mod_experts``: the π_i of MOD (e.g. the Rewarded Soups
+    specialists; default: the backbones, with β). Ensemble weights ``bone_soup`` mix them with
+    ``expert_beta`` / ``mod_beta`` (None: RS, w = μ); ``values``: explicit value adapters (residual heads,
+    read against the c = 0 row). ``alpha`` / ``star_alpha`` are checked when the roles are built.
     """
 
     m: int
@@ -187,6 +234,11 @@ class AdapterRoles:
     mod_beta: float | None = None
     values: list[int] | None = None
     star_alpha: float | None = None  # α of π*_merge (None: the base's α, so π*_merge ≡ π_base)
+
+    def __post_init__(self):
+        self.alpha = check_alpha(self.alpha)
+        if self.star_alpha is not None:
+            self.star_alpha = check_alpha(self.star_alpha, "star_alpha")
 
     def _onehot(self, idx: Sequence[int]) -> list[np.ndarray]:
         out = []
@@ -201,17 +253,22 @@ class AdapterRoles:
         c[list(idx)] = coeffs
         return c
 
-    def ensemble(self, mode: str) -> tuple[list[int], float | None]:
+    def ensemble(self, mode: Mode) -> tuple[list[int], float | None]:
         """(indices, β) of the experts ``mode`` mixes: MOD's π_i for ``mod``, else MAGE-I's π*_i."""
-        idx, beta = (self.mod_experts, self.mod_beta) if mode == "mod" else (self.experts, self.expert_beta)
+        idx, beta = (
+            (self.mod_experts, self.mod_beta) if mode is Mode.MOD else (self.experts, self.expert_beta)
+        )
         return (self.backbones, self.beta) if idx is None else (idx, beta)
 
-    def base(self, mu) -> np.ndarray:
-        return self._over(self.backbones, merge_coefficients(mu, self.beta, self.alpha))
+    def base(self, mu, mode: Mode = Mode.BONE_SOUP, alpha: float | None = None) -> np.ndarray:
+        """c of π_base over the stack: (1+α)B(β)⁻¹μ on the backbones (``rewarded_soups``: (1+α)μ)."""
+        beta = None if mode is Mode.REWARDED_SOUPS else self.beta
+        mu = check_preference(mu, len(self.backbones))
+        return self._over(self.backbones, mu.coefficients(beta, self.alpha if alpha is None else alpha))
 
     def plan(
         self,
-        mode: str,
+        mode: Mode | str,
         mu,
         gamma: float,
         *,
@@ -219,31 +276,44 @@ class AdapterRoles:
         shortcut: bool = True,
         path: str = "mu",
     ) -> RowPlan:
-        """The ``RowPlan`` of one request (μ validated on the simplex; errors name ``path``)."""
-        check_mode(mode)
-        try:
-            mu = validate_preference(mu, len(self.backbones))
-        except ValueError as e:
-            raise ConfigError(path, str(e)) from e
-        experts, beta = self.ensemble(mode)
-        if ensemble_weights not in ("mu", "bone_soup"):
+        """The ``RowPlan`` of one request, validating what a library caller gives: the mode, μ (on the
+        simplex, one weight per backbone; errors name ``path``), γ and ``ensemble_weights``."""
+        request = RowRequest(
+            check_mode(mode), check_preference(mu, len(self.backbones), path), check_gamma(gamma)
+        )
+        if ensemble_weights not in ENSEMBLE_WEIGHTS:
             raise ConfigError(
                 "decoding.ensemble_weights", f"must be 'mu' or 'bone_soup', got {ensemble_weights!r}"
             )
-        ew = merge_coefficients(mu, beta) if ensemble_weights == "bone_soup" else mu
-        if mode in EXPLICIT and not self.values:
+        return self.plan_for(request, ensemble_weights=ensemble_weights, shortcut=shortcut)
+
+    def plan_for(
+        self, request: RowRequest, *, ensemble_weights: str = "mu", shortcut: bool = True
+    ) -> RowPlan:
+        """The ``RowPlan`` of a validated request (``plan`` builds one; so does the serving engine)."""
+        mode, mu = request.mode, request.mu
+        assert len(mu) == len(self.backbones) and ensemble_weights in ENSEMBLE_WEIGHTS, (mu, ensemble_weights)
+        if mode.explicit and not self.values:
             raise ConfigError(
-                "--value-models", f"mode {mode!r} needs explicit value models (train_value_models.py)"
+                "--value-models", f"mode {mode.value!r} needs explicit value models (train_value_models.py)"
             )
-        star_alpha = self.alpha if self.star_alpha is None else self.star_alpha
+        alpha = self.alpha if request.alpha is None else request.alpha
+        base = self._over(
+            self.backbones, mu.coefficients(None if mode is Mode.REWARDED_SOUPS else self.beta, alpha)
+        )
+        if not mode.guided:
+            return row_plan(mode, request.gamma, base=base, shortcut=shortcut)
+        experts, beta = self.ensemble(mode)
+        ew = mu.coefficients(beta) if ensemble_weights == "bone_soup" else mu.array
+        star_alpha = alpha if self.star_alpha is None else self.star_alpha
         return row_plan(
             mode,
-            gamma,
-            base=self.base(mu),
-            star=self._over(self.backbones, merge_coefficients(mu, self.beta, star_alpha)),
+            request.gamma,
+            base=base,
+            star=self._over(self.backbones, mu.coefficients(self.beta, star_alpha)),
             experts=self._onehot(experts),
             expert_weights=ew,
             values=self._onehot(self.values) if self.values else None,
-            value_weights=mu,
+            value_weights=mu.array,
             shortcut=shortcut,
         )

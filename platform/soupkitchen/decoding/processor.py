@@ -1,6 +1,6 @@
 """MAGE guidance as a transformers ``LogitsProcessor``: ``model.generate`` runs π_base, this adds γ·g.
 
-    plans = [roles.plan("mage_i_m", mu, 1.0) for mu in mus]
+    plans = [roles.plan(Mode.MAGE_I_M, mu, 1.0) for mu in mus]
     with use_coefficients(model, base_coefficients(plans)):
         model.generate(**enc, logits_processor=[GuidanceProcessor(model, plans, enc["attention_mask"])])
 
@@ -20,16 +20,18 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from soupkitchen.config import ConfigError
 from soupkitchen.decoding.loop import RowBatch
 from soupkitchen.decoding.plans import Component, RowPlan
+from soupkitchen.errors import ConfigError
 
 
 def base_coefficients(plans: Sequence[RowPlan]) -> np.ndarray:
     """[R, m] base coefficients of the plans: what ``generate``'s own forward rows must use."""
     for i, p in enumerate(plans):
         if p.base is None:
-            raise ConfigError(f"plans[{i}]", f"mode {p.mode!r} has no base model row; use decoding.decode")
+            raise ConfigError(
+                f"plans[{i}]", f"mode {p.mode.value!r} has no base model row; use decoding.decode"
+            )
     return np.array([p.components[p.base].c for p in plans], dtype=np.float64)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,10 +197,12 @@ def eval_settings(recipe: Recipe):
     settings (``generation``), with ``decoding``'s guidance options."""
 
     gen = recipe.generation
-    return dataclasses.replace(
-        DecodeSettings.from_config(recipe.decoding, gen, recipe.seed),
+    return DecodeSettings.from_config(
+        recipe.decoding,
+        gen,
+        recipe.seed,
         greedy=recipe.eval.greedy,
         temperature=gen.temperature,
         top_k=gen.top_k,
         top_p=gen.top_p,
-    ).check()
+    )

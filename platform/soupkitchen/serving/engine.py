@@ -8,97 +8,28 @@ coefficient layer: no per-request merge, no per-request model copy).
     while not run.finished:
         deltas = run.step()                    # per request: Delta(text, finish, ...) or None once done
 
-Modes over the bundle's n backbones (and its value models, stacked after them), ``decoding.plans``:
-``bone_soup`` = plain decoding at c = (1 + α)B(β)⁻¹μ; ``rewarded_soup`` = plain at c = (1 + α)μ (the RS rule
-on the same backbones); ``mage_i_m`` / ``mage_i`` / ``mage_e_m`` / ``mage_e`` = that base plus γ × guidance
-(notes/mage.md Eq. 25-26); ``mod`` = Σ_i w_i log π_i over the backbones, w = B⁻¹μ for a Bone Soup bundle.
+Modes (``methods.Mode``) over the bundle's n backbones (and its value models, stacked after them),
+``decoding.plans``: ``bone_soup`` = unguided decoding at c = (1 + α)B(β)⁻¹μ; ``rewarded_soups`` = unguided at
+c = (1 + α)μ (the RS rule on the same backbones); ``mage_i_m`` / ``mage_i`` / ``mage_e_m`` / ``mage_e`` = the
+Bone Soup base plus γ × guidance (docs/methods/mage.md); ``mod`` = Σ_i w_i log π_i over the backbones,
+w = B⁻¹μ for a Bone Soup bundle. Requests arrive validated (``serving.protocol``): the engine turns them
+into ``decoding.RowRequest`` values and does not check μ, mode, γ or α again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from soupkitchen.config import ConfigError, _num, from_dict, to_dict
-from soupkitchen.serving.protocol import MODES, APIError, GenerationRequest, SoupInfo
-
-
-@dataclass
-class ServeOptions:
-    """The application's settings (``serve/config.yaml`` ``args``; errors name ``args.<key>``).
-
-    ``soup``: bundle URI (``models:/name@alias``, ``runs:/``, ``s3://``) or local path; ``model_name``: the
-    served model id (default: derived from ``soup``). Limits: ``max_tokens_limit`` per request,
-    ``context_length`` (0: the model's), ``max_body_bytes``, ``request_timeout_s``, ``max_gamma`` /
-    ``max_alpha``. ``api_key_env``: if that environment variable is set, requests need ``Authorization:
-    Bearer <its value>``. Batching: ``max_batch_size`` requests per decoding batch, waiting at most
-    ``batch_wait_timeout_s`` to fill one. Replicas: ``num_cpus`` / ``num_gpus`` each, autoscaled between
-    ``min_replicas`` and ``max_replicas`` on ``target_ongoing_requests`` per replica (Ray Serve's
-    ``autoscaling_config``: averaged over ``look_back_period_s``, reported every ``metrics_interval_s``).
-    """
-
-    soup: str = ""
-    model_name: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    default_max_tokens: int = _num(64, 1)
-    max_tokens_limit: int = _num(512, 1)
-    min_tokens: int = _num(1, 0)
-    context_length: int = _num(0, 0)
-    max_body_bytes: int = _num(1_000_000, 1024)
-    request_timeout_s: float = _num(120.0, 0.0)
-    max_gamma: float = _num(10.0, 0.0)
-    max_alpha: float = _num(1.0, 0.0)
-    api_key_env: str = "SOUPKITCHEN_API_KEY"
-    max_batch_size: int = _num(16, 1)
-    batch_wait_timeout_s: float = _num(0.02, 0.0)
-    torch_threads: int = _num(0, 0)
-    num_cpus: float = _num(1.0, 0.0)
-    num_gpus: float = _num(0.0, 0.0)
-    min_replicas: int = _num(1, 0)
-    max_replicas: int = _num(2, 1)
-    initial_replicas: int | None = _num(None, 0)
-    target_ongoing_requests: float = _num(8.0, 0.0)
-    max_ongoing_requests: int = _num(64, 1)
-    upscale_delay_s: float = _num(5.0, 0.0)
-    downscale_delay_s: float = _num(30.0, 0.0)
-    metrics_interval_s: float = _num(10.0, 0.0)
-    look_back_period_s: float = _num(30.0, 0.0)
-    ingress_replicas: int = _num(1, 1)
-
-    @classmethod
-    def from_args(cls, args: dict | None) -> ServeOptions:
-        import os
-
-        import yaml
-
-        # `serve run serve.app:app key=value` passes strings: read them as YAML scalars (0.5, 4, true).
-        args = {
-            k: yaml.safe_load(v) if isinstance(v, str) and k != "soup" else v for k, v in (args or {}).items()
-        }
-        if not args.get("soup"):
-            args["soup"] = os.environ.get("SOUPKITCHEN_SOUP_URI", "")
-        return from_dict(cls, args, "args").check()
-
-    def check(self) -> ServeOptions:
-        """Types and ranges (the fields' ``_num`` bounds, as ``from_dict`` checks them) and cross-field rules;
-        also for options built in code rather than read from ``args``."""
-        from_dict(type(self), to_dict(self), "args")
-        if not self.soup:
-            raise ConfigError("args.soup", "name the soup bundle (URI or path), or set SOUPKITCHEN_SOUP_URI")
-        if self.default_max_tokens > self.max_tokens_limit:
-            raise ConfigError("args.default_max_tokens", "must be <= args.max_tokens_limit")
-        if self.max_replicas < max(self.min_replicas, 1):
-            raise ConfigError("args.max_replicas", "must be >= args.min_replicas and >= 1")
-        return self
-
-    @property
-    def served_name(self) -> str:
-        if self.model_name:
-            return self.model_name
-        name = self.soup.rstrip("/").rsplit("/", 1)[-1]
-        return name.split("@", 1)[0] or "soup"
+from soupkitchen.artifacts import fetch
+from soupkitchen.decoding import AdapterRoles, Decoder, DecodeSettings, RowPlan, RowRequest
+from soupkitchen.generation import clean_text
+from soupkitchen.merging import load_bundle
+from soupkitchen.methods import Mode
+from soupkitchen.models import resolve_device
+from soupkitchen.serving.options import ServeOptions
+from soupkitchen.serving.protocol import APIError, GenerationRequest, SoupInfo
 
 
 @dataclass
@@ -108,8 +39,8 @@ class Job:
     request: GenerationRequest
     text: str
     prompt_tokens: int
-    plan: object
-    settings: object
+    plan: RowPlan
+    settings: DecodeSettings
 
 
 @dataclass
@@ -134,8 +65,6 @@ class TextStream:
         self.stop, self.sent = stop, ""
 
     def update(self, text: str, final: bool) -> str:
-        from soupkitchen.generation import clean_text
-
         target = clean_text(text, list(self.stop))
         if not final:
             target = target.rstrip("\ufffd").rstrip()
@@ -156,11 +85,8 @@ class SoupEngine:
     """A soup bundle as one mixed model (module docstring); ``info`` is what requests are checked against."""
 
     def __init__(self, options: ServeOptions):
-        from soupkitchen.artifacts import fetch
-        from soupkitchen.merging import load_bundle
-        from soupkitchen.models import resolve_device
-
-        self.options = options.check()
+        assert isinstance(options, ServeOptions), options  # checked when built (ServeOptions.from_args)
+        self.options = options
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
         self.device = resolve_device(options.device)
@@ -171,14 +97,14 @@ class SoupEngine:
         self.m = b.n + len(b.value_names)
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         ctx = min(options.context_length or limit, limit)
-        modes = [md for md in MODES if md != "bone_soup" or b.beta is not None]
+        modes = [md for md in Mode if md is not Mode.BONE_SOUP or b.beta is not None]
         if not b.value_names:
-            modes = [md for md in modes if not md.startswith("mage_e")]
+            modes = [md for md in modes if not md.explicit]
         self.info = SoupInfo(
             model=options.served_name,
             objectives=list(b.objectives),
             modes=modes,
-            default_mode="bone_soup" if b.beta is not None else "rewarded_soup",
+            default_mode=Mode.BONE_SOUP if b.beta is not None else Mode.REWARDED_SOUPS,
             gamma=1.0 if b.gamma is None else float(min(b.gamma, options.max_gamma)),
             alpha=float(min(b.alpha, options.max_alpha)),
             beta=b.beta,
@@ -190,23 +116,16 @@ class SoupEngine:
         )
         use_template = bool(b.base.get("model", {}).get("use_chat_template", True))
         self.chat_template = use_template and bool(getattr(self.tokenizer, "chat_template", None))
+        # the bundle's roles; rewarded_soups merges with B = I, each request brings its own α
+        self.roles = AdapterRoles(self.m, list(range(b.n)), b.beta, values=b.value_indices)
+        self.ensemble_weights = "bone_soup" if b.beta is not None else "mu"
 
-    def roles(self, mode: str, alpha: float):
-        from soupkitchen.decoding import AdapterRoles
-
-        beta = None if mode == "rewarded_soup" else self.bundle.beta
-        return AdapterRoles(self.m, list(range(self.bundle.n)), beta, alpha, values=self.bundle.value_indices)
-
-    def plan(self, req: GenerationRequest):
-        """The row plan of a request: its mode over the bundle's adapters at its μ, γ, α."""
-        plain = req.mode in ("bone_soup", "rewarded_soup")
-        weights = "bone_soup" if self.bundle.beta is not None else "mu"
-        return self.roles(req.mode, req.alpha).plan(
-            "plain" if plain else req.mode,
-            req.preference,
-            0.0 if plain else req.gamma,
-            ensemble_weights=weights,
-        )
+    def plan(self, req: GenerationRequest) -> RowPlan:
+        """The row plan of a request: its mode over the bundle's adapters at its μ, γ, α (validated by the
+        protocol; ``RowRequest`` asserts them)."""
+        gamma = req.gamma if req.mode.guided else 0.0
+        request = RowRequest(req.mode, req.preference, gamma, req.alpha)
+        return self.roles.plan_for(request, ensemble_weights=self.ensemble_weights)
 
     def format(self, req: GenerationRequest) -> str:
         if req.kind == "completion":
@@ -219,8 +138,6 @@ class SoupEngine:
 
     def prepare(self, req: GenerationRequest) -> Job:
         """Format and measure the prompt, build the plan and settings; APIError(400) when it cannot fit."""
-        from soupkitchen.decoding import DecodeSettings
-
         text = self.format(req)
         n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         ctx = self.info.context_length
@@ -255,8 +172,6 @@ class BatchRun:
     """One decoding batch of jobs, stepped token by token (``Decoder``), with each row's text deltas."""
 
     def __init__(self, engine: SoupEngine, jobs: list[Job]):
-        from soupkitchen.decoding import Decoder
-
         self.engine, self.jobs = engine, jobs
         self.decoder = Decoder(
             engine.model,

@@ -1,33 +1,55 @@
-"""The HTTP protocol: OpenAI-compatible request bodies in, validated ``GenerationRequest`` out; responses,
-stream chunks and errors in OpenAI's shapes.
+"""The HTTP protocol: OpenAI-compatible request bodies in (pydantic models), a validated ``GenerationRequest``
+out; responses, stream chunks and errors in OpenAI's shapes.
 
     req = parse_request(body, "chat", info)      # raises APIError(400, message, param) on bad input
     completion_response(req, text, finish, usage, ...)
+
+``CompletionBody`` / ``ChatBody`` are the bodies' schemas. What a field allows may depend on the soup
+(its objectives, modes, γ / α / max_tokens limits): they validate with the endpoint's ``SoupInfo`` as
+pydantic's validation context. A ``ValidationError`` becomes one ``APIError``: HTTP 400 (404 for an unknown
+``model``) naming the field path (``gamma``, ``messages[0].role``), what it allows and what was given.
+Validation happens here once: μ leaves as a ``preferences.Preference``, the mode as a ``methods.Mode``, γ and
+α as checked floats, and the engine and the decoding layers only assert them.
 
 soupkitchen's extra body fields (the openai client sends them with ``extra_body=``):
 
     preference  μ: a list with one weight per objective (bundle order), or a mapping objective -> weight
                 (missing objectives get 0). Weights must be finite and >= 0, not all 0; they are divided by
                 their sum, so [3, 1] means μ = (0.75, 0.25). Default: uniform.
-    mode        bone_soup | rewarded_soup | mage_i_m | mage_i | mage_e_m | mage_e | mod (``SoupInfo.modes``)
+    mode        bone_soup | rewarded_soups | mage_i_m | mage_i | mage_e_m | mage_e | mod (``SoupInfo.modes``)
     gamma       guidance strength γ of the guided modes, in [0, max_gamma]; default: the bundle's γ
     alpha       extrapolation α of the merge c = (1 + α)B⁻¹μ, in [0, max_alpha]; default: the bundle's α
     top_k       sample from the k most likely tokens (0: off)
 
 ``temperature: 0`` is greedy decoding (as OpenAI). Parameters that would change what a response means and
 are not implemented (n > 1, logprobs, echo, best_of > 1, suffix, tools, logit_bias, penalties) are refused
-with a 400 naming them rather than silently ignored.
+with a 400 naming them rather than silently ignored; other fields (``user``, ``metadata``, ...) are ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-MODES = ("bone_soup", "rewarded_soup", "mage_i_m", "mage_i", "mage_e_m", "mage_e", "mod")
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    InstanceOf,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from soupkitchen.methods import Mode
+from soupkitchen.preferences import Preference
+
 ROLES = ("system", "user", "assistant")
 # body field -> the value that means "not used"; anything else is refused (not implemented).
 UNSUPPORTED = {
@@ -44,6 +66,26 @@ UNSUPPORTED = {
     "presence_penalty": 0,
     "frequency_penalty": 0,
 }
+# The order fields are reported in when a body has several problems (the first one is answered).
+FIELD_ORDER = (
+    "model",
+    *UNSUPPORTED,
+    "prompt",
+    "messages",
+    "mode",
+    "max_completion_tokens",
+    "max_tokens",
+    "stream_options",
+    "stream",
+    "seed",
+    "preference",
+    "gamma",
+    "alpha",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+)
 
 
 class APIError(Exception):
@@ -69,12 +111,13 @@ class APIError(Exception):
 
 @dataclass(frozen=True)
 class SoupInfo:
-    """What the endpoint serves, as the engine reports it: used to validate requests before they queue."""
+    """What the endpoint serves, as the engine reports it: the context requests are validated against
+    before they queue."""
 
     model: str
     objectives: list[str]
-    modes: list[str]
-    default_mode: str
+    modes: list[Mode]
+    default_mode: Mode
     gamma: float
     alpha: float
     beta: float | None
@@ -92,8 +135,8 @@ class SoupInfo:
             "created": 0,
             "owned_by": "soupkitchen",
             "objectives": self.objectives,
-            "modes": self.modes,
-            "default_mode": self.default_mode,
+            "modes": [m.value for m in self.modes],
+            "default_mode": self.default_mode.value,
             "beta": self.beta,
             "alpha": self.alpha,
             "gamma": self.gamma,
@@ -102,13 +145,14 @@ class SoupInfo:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationRequest:
-    """One validated request (``parse_request``); ``prompt`` for completions, ``messages`` for chat."""
+    """One validated request (``parse_request``); ``prompt`` for completions, ``messages`` for chat. Its μ,
+    mode, γ and α are typed and valid: the layers below assert, they do not re-validate."""
 
     kind: str  # "completion" | "chat"
-    preference: list[float]
-    mode: str
+    preference: Preference
+    mode: Mode
     gamma: float
     alpha: float
     max_tokens: int
@@ -129,136 +173,313 @@ class GenerationRequest:
         return self.temperature == 0
 
 
-def _bad(message: str, param: str | None) -> APIError:
-    return APIError(400, message, param)
+# --------------------------------------------------------------------------------------------- bodies
 
 
-def _number(body: dict, key: str, default, lo: float, hi: float, integer: bool = False, lo_open=False):
-    v = body.get(key, default)
-    if v is None:
-        v = default
-    kind = "an integer" if integer else "a number"
-    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
-        raise _bad(f"'{key}' must be {kind}, got {v!r}", key)
-    if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or v > hi:
-        raise _bad(f"'{key}' must be {kind} in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}", key)
-    return v
+def _fail(message: str, kind: str = "soup") -> PydanticCustomError:
+    """A validator's own error: ``message`` says what is wrong and what is allowed (``api_error`` puts the
+    field path in front)."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
 
 
-def parse_preference(value: Any, objectives: list[str]) -> list[float]:
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (error messages echo what was given, not a whole body)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _info(vi: ValidationInfo) -> SoupInfo:
+    assert vi.context and isinstance(vi.context.get("info"), SoupInfo), "validate with context={'info': ...}"
+    return vi.context["info"]
+
+
+def _preference(value: Any, objectives: list[str]) -> Preference:
     """μ from a list (bundle order) or a mapping objective -> weight; non-negative, normalised to sum 1."""
     n = len(objectives)
     if value is None:
-        return [1.0 / n] * n
+        return Preference(tuple([1.0 / n] * n))
     if isinstance(value, dict):
-        unknown = sorted(set(value) - set(objectives))
+        unknown = sorted(set(value) - set(objectives), key=str)
         if unknown:
-            raise _bad(
-                f"unknown objective(s) {unknown} in 'preference'; this soup has {objectives}", "preference"
-            )
+            raise _fail(f"unknown objective(s) {unknown}; this soup has {objectives}")
         value = [value.get(o, 0.0) for o in objectives]
     if not isinstance(value, list) or len(value) != n:
-        got = f"{len(value)} weights" if isinstance(value, list) else repr(value)
-        raise _bad(
-            f"'preference' needs one weight per objective {objectives} (a list of {n}, or a mapping "
-            f"objective -> weight), got {got}",
-            "preference",
+        got = f"{len(value)} weights" if isinstance(value, list) else _show(value)
+        raise _fail(
+            f"needs one weight per objective {objectives} (a list of {n}, or a mapping objective -> weight), "
+            f"got {got}"
         )
     w = []
     for o, x in zip(objectives, value, strict=True):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-            raise _bad(f"'preference' weight for {o!r} must be a finite number, got {x!r}", "preference")
+            raise _fail(f"the weight for {o!r} must be a finite number, got {_show(x)}")
         if x < 0:
-            raise _bad(f"'preference' weight for {o!r} is {x}; weights must be >= 0", "preference")
+            raise _fail(f"the weight for {o!r} is {x}; weights must be >= 0")
         w.append(float(x))
     total = sum(w)
     if total <= 0:
-        raise _bad("'preference' weights are all 0; give at least one positive weight", "preference")
-    return [x / total for x in w]
+        raise _fail("the weights are all 0; give at least one positive weight")
+    return Preference(tuple(x / total for x in w))
 
 
-def _stop(value) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    value = [value] if isinstance(value, str) else value
-    if not isinstance(value, list) or len(value) > 4 or not all(isinstance(s, str) and s for s in value):
-        raise _bad("'stop' must be a non-empty string or a list of at most 4 of them", "stop")
-    return tuple(value)
+def _limit(value, hi: float):
+    """A soup-dependent upper bound (γ, α, max_tokens): the converter says what the field allows."""
+    if value is not None and value > hi:
+        raise PydanticCustomError("out_of_range", "out of range")
+    return value
 
 
-def _messages(value) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise _bad("'messages' must be a non-empty list of {role, content}", "messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise _bad(f"messages[{i}].role must be one of {list(ROLES)}", f"messages[{i}].role")
-        content = m.get("content")
-        if isinstance(content, list):  # OpenAI's content parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise _bad(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
-            content = "".join(str(p.get("text", "")) for p in content)
-        if not isinstance(content, str):
-            raise _bad(f"messages[{i}].content must be a string", f"messages[{i}].content")
-        out.append({"role": m["role"], "content": content})
-    return out
+class ChatMessage(BaseModel):
+    """One chat message: a role and text content (OpenAI's text parts are joined); other keys ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object(cls, data):
+        # not an object: report it on its role, as for an object with a bad role
+        return data if isinstance(data, dict) else {"role": None if data in ROLES else data}
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, v):
+        if isinstance(v, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in v):
+                raise _fail("only text parts are supported")
+            return "".join(str(p.get("text", "")) for p in v)
+        return v
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    include_usage: Any = False
+
+
+class _Body(BaseModel):
+    """The fields both endpoints share. OpenAI fields not listed here are accepted and ignored; the ones
+    in ``UNSUPPORTED`` are refused unless they hold their "not used" value."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: Any = None
+    n: Any = None
+    best_of: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    echo: Any = None
+    suffix: Any = None
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    mode: InstanceOf[Mode] | None = None  # absent: the soup's default_mode (an explicit null is refused)
+    max_completion_tokens: int | None = Field(None, ge=1, strict=True)
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    stream_options: StreamOptions | None = None
+    stream: bool = Field(False, strict=True)
+    seed: int | None = Field(None, strict=True)
+    preference: InstanceOf[Preference] = Field(None, validate_default=True)
+    gamma: float | None = Field(None, ge=0.0, strict=True, allow_inf_nan=False)
+    alpha: float | None = Field(None, ge=0.0, strict=True, allow_inf_nan=False)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, strict=True, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=0, le=1_000_000, strict=True)
+    stop: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_tokens_alias(cls, data):
+        if isinstance(data, dict) and "max_completion_tokens" in data:  # the newer name wins
+            data = {k: v for k, v in data.items() if k != "max_tokens"}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _served_model(cls, v, vi: ValidationInfo):
+        served = _info(vi).model
+        if v is not None and v != served:
+            raise _fail(f"model {v!r} is not served here; use {served!r}", "model_not_found")
+        return v
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _unsupported(cls, v, vi: ValidationInfo):
+        if v not in (UNSUPPORTED[vi.field_name], None) and not (vi.field_name == "logprobs" and v is False):
+            raise _fail("not supported by this endpoint; remove it")
+        return v
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v, vi: ValidationInfo):
+        modes = _info(vi).modes
+        if isinstance(v, str) and v in modes:
+            return Mode(v)
+        served = ", ".join(m.value for m in modes)
+        if isinstance(v, str) and v in set(Mode):
+            why = "it has no value models" if Mode(v).explicit else "it is not a Bone Soup bundle"
+            raise _fail(f"mode {v!r} is not available for this soup ({why}); it serves {served}")
+        close = difflib.get_close_matches(v, [m.value for m in modes], n=1) if isinstance(v, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise _fail(f"unknown mode {_show(v)}; this soup serves {served}{hint}")
+
+    @field_validator("max_completion_tokens", "max_tokens")
+    @classmethod
+    def _max_tokens(cls, v, vi: ValidationInfo):
+        return _limit(v, _info(vi).max_tokens_limit)
+
+    @field_validator("stream_options", mode="before")
+    @classmethod
+    def _stream_options(cls, v):
+        return v or None  # absent, null, {} or another falsy value: none
+
+    @field_validator("preference", mode="before")
+    @classmethod
+    def _preference(cls, v, vi: ValidationInfo):
+        return _preference(v, _info(vi).objectives)
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma(cls, v, vi: ValidationInfo):
+        return _limit(v, _info(vi).max_gamma)
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v, vi: ValidationInfo):
+        return _limit(v, _info(vi).max_alpha)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v):
+        if v is None:
+            return ()
+        v = [v] if isinstance(v, str) else v
+        if not isinstance(v, list) or len(v) > 4 or not all(isinstance(s, str) and s for s in v):
+            raise _fail("must be a non-empty string or a list of at most 4 of them")
+        return tuple(v)
+
+
+class CompletionBody(_Body):
+    """``POST /v1/completions``: one prompt per request."""
+
+    prompt: str = Field(None, validate_default=True)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v):
+        if isinstance(v, list) and len(v) == 1:
+            v = v[0]
+        if not isinstance(v, str) or not v:
+            raise _fail("required: a non-empty string (one prompt per request)")
+        return v
+
+
+class ChatBody(_Body):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+BODIES: dict[str, type[_Body]] = {"completion": CompletionBody, "chat": ChatBody}
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def _param(loc: tuple) -> str | None:
+    """``("messages", 0, "role")`` → ``messages[0].role``; the body itself → None."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def _allowed(name: str, info: SoupInfo) -> str:
+    """What a field allows, in words (for the fields whose checks are pydantic's own)."""
+    limits = {
+        "gamma": f"a number in [0, {info.max_gamma:g}] (guidance strength γ; default {info.gamma:g})",
+        "alpha": f"a number in [0, {info.max_alpha:g}] (extrapolation α; default {info.alpha:g})",
+        "max_tokens": f"an integer in [1, {info.max_tokens_limit}] (default {info.default_max_tokens})",
+        "temperature": "a number in [0, 2] (0: greedy)",
+        "top_p": "a number in (0, 1]",
+        "top_k": "an integer in [0, 1000000] (0: off)",
+        "seed": "an integer",
+        "stream": "true or false",
+        "stream_options": 'an object such as {"include_usage": true}',
+        "messages": "a non-empty list of {role, content}",
+        "role": f"one of {list(ROLES)}",
+        "content": "a string (or a list of text parts)",
+    }
+    limits["max_completion_tokens"] = limits["max_tokens"]
+    return limits.get(name, "valid")
+
+
+def api_error(e: ValidationError, info: SoupInfo) -> APIError:
+    """The first problem of a body (in ``FIELD_ORDER``) as OpenAI's error: 400 naming the field, what it
+    allows and what was given (404 for a model not served here)."""
+    errors = e.errors(include_url=False)
+    order = {k: i for i, k in enumerate(FIELD_ORDER)}
+    err = min(errors, key=lambda x: order.get(x["loc"][0], len(order)) if x["loc"] else -1)
+    loc, kind = tuple(err["loc"]), err["type"]
+    param = _param(loc)
+    if not loc:
+        return APIError(400, "the request body must be a JSON object", None)
+    if kind == "model_not_found":
+        return APIError(404, err["msg"], "model", code="model_not_found")
+    if kind == "soup":
+        return APIError(400, f"{param}: {err['msg']}", param)
+    name = next(str(p) for p in reversed(loc) if isinstance(p, str))
+    if kind == "missing":
+        return APIError(400, f"{param}: required: {_allowed(name, info)}", param)
+    return APIError(400, f"{param}: must be {_allowed(name, info)}, got {_show(err.get('input'))}", param)
+
+
+def parse_preference(value: Any, objectives: list[str]) -> Preference:
+    """μ from a body's ``preference`` value (``_Body``'s rule); APIError(400) naming ``preference``."""
+    try:
+        return _preference(value, objectives)
+    except PydanticCustomError as e:
+        raise APIError(400, f"preference: {e.message()}", "preference") from None
 
 
 def parse_request(body: Any, kind: str, info: SoupInfo) -> GenerationRequest:
-    """Validate an OpenAI completions (``kind="completion"``) or chat body against ``info``; APIError(400)."""
-    if not isinstance(body, dict):
-        raise _bad("the request body must be a JSON object", None)
-    model = body.get("model")
-    if model is not None and model != info.model:
-        raise APIError(
-            404, f"model {model!r} is not served here; use {info.model!r}", "model", code="model_not_found"
-        )
-    for key, unused in UNSUPPORTED.items():
-        if key in body and body[key] not in (unused, None) and not (key == "logprobs" and body[key] is False):
-            raise _bad(f"'{key}' is not supported by this endpoint; remove it", key)
-    prompt = messages = None
-    if kind == "completion":
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise _bad("'prompt' is required: a non-empty string (one prompt per request)", "prompt")
-    else:
-        messages = _messages(body.get("messages"))
-    mode = body.get("mode", info.default_mode)
-    if mode not in info.modes:
-        raise _bad(f"unknown or unavailable 'mode' {mode!r}; this soup serves {info.modes}", "mode")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    max_tokens = _number({key: max_tokens}, key, info.default_max_tokens, 1, info.max_tokens_limit, True)
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise _bad("'stream_options' must be an object", "stream_options")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _bad("'stream' must be true or false", "stream")
-    seed = body.get("seed")
-    if seed is None:
-        seed = uuid.uuid4().int % (2**31)
-    elif isinstance(seed, bool) or not isinstance(seed, int):
-        raise _bad(f"'seed' must be an integer, got {seed!r}", "seed")
+    """Validate an OpenAI completions (``kind="completion"``) or chat body against ``info``; APIError(4xx)."""
+    try:
+        b = BODIES[kind].model_validate(body, context={"info": info})
+    except ValidationError as e:
+        raise api_error(e, info) from None
+    given = b.model_fields_set
+    max_tokens = b.max_completion_tokens if "max_completion_tokens" in given else b.max_tokens
+    messages = [{"role": m.role, "content": m.content} for m in b.messages] if kind == "chat" else None
+
+    def default(v, d):
+        return d if v is None else v
+
     return GenerationRequest(
         kind=kind,
-        prompt=prompt,
+        prompt=b.prompt if kind == "completion" else None,
         messages=messages,
-        preference=parse_preference(body.get("preference"), info.objectives),
-        mode=mode,
-        gamma=float(_number(body, "gamma", info.gamma, 0.0, info.max_gamma)),
-        alpha=float(_number(body, "alpha", info.alpha, 0.0, info.max_alpha)),
-        max_tokens=max_tokens,
-        temperature=float(_number(body, "temperature", 1.0, 0.0, 2.0)),
-        top_p=float(_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)),
-        top_k=_number(body, "top_k", 0, 0, 1_000_000, True),
-        stop=_stop(body.get("stop")),
-        seed=seed % (2**63),
-        stream=stream,
-        include_usage=bool(stream_options.get("include_usage", False)),
+        preference=b.preference,
+        mode=b.mode if "mode" in given else info.default_mode,
+        gamma=float(default(b.gamma, info.gamma)),
+        alpha=float(default(b.alpha, info.alpha)),
+        max_tokens=default(max_tokens, info.default_max_tokens),
+        temperature=float(default(b.temperature, 1.0)),
+        top_p=float(default(b.top_p, 1.0)),
+        top_k=default(b.top_k, 0),
+        stop=b.stop,
+        seed=default(b.seed, uuid.uuid4().int % (2**31)) % (2**63),
+        stream=b.stream,
+        include_usage=bool(b.stream_options.include_usage) if b.stream_options else False,
     )
+
+
+# --------------------------------------------------------------------------------------------- responses
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -270,7 +491,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def _soup_fields(req: GenerationRequest) -> dict:
-    return {"preference": req.preference, "mode": req.mode, "gamma": req.gamma, "alpha": req.alpha}
+    return {
+        "preference": list(req.preference.weights),
+        "mode": req.mode.value,
+        "gamma": req.gamma,
+        "alpha": req.alpha,
+    }
 
 
 def response(

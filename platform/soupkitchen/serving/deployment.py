@@ -1,0 +1,287 @@
+"""The Ray Serve deployments of the OpenAI-compatible endpoint (``builder.build_app`` binds them).
+
+- ``OpenAIIngress`` (FastAPI, CPU): auth, body limit, JSON and body validation (``serving.protocol``), so a
+  bad request is answered 4xx here and never reaches a model replica; OpenAI response / SSE shapes;
+  Prometheus ``/metrics``; per-request timeout.
+- ``SoupModel`` (the model, GPU or CPU, autoscaled): ``@serve.batch`` gathers concurrent requests and
+  decodes them as one batch through the per-row coefficient layer, whatever their μ, mode, γ, α and
+  sampling settings (``serving.engine``); it streams per-token deltas back.
+
+Routes: POST /v1/completions, POST /v1/chat/completions (both with ``stream``), GET /v1/models,
+GET /healthz, GET /metrics. Both deployments take the one ``ServeOptions`` the builder parsed; their
+replicas receive it as is (unpickled, not parsed again).
+"""
+
+# No `from __future__ import annotations`: FastAPI must see `Request` itself, not a string.
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from ray import serve
+from starlette.exceptions import HTTPException
+
+from soupkitchen.serving.engine import Job, SoupEngine
+from soupkitchen.serving.metrics import EndpointMetrics
+from soupkitchen.serving.options import ServeOptions
+from soupkitchen.serving.protocol import APIError, GenerationRequest, chunk, parse_request, response, usage
+
+log = logging.getLogger("ray.serve")
+api = FastAPI(title="soupkitchen", description="OpenAI-compatible controllable multi-objective generation")
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_request, exc: HTTPException):
+    err = APIError(exc.status_code, str(exc.detail), None, "invalid_request_error")
+    return JSONResponse(err.body(), status_code=exc.status_code)
+
+
+def _replica_id() -> str:
+    try:
+        ctx = serve.get_replica_context()
+        return getattr(getattr(ctx, "replica_id", None), "unique_id", None) or str(ctx.replica_tag)
+    except Exception:  # noqa: BLE001 - outside a replica (unit use)
+        return "local"
+
+
+@serve.deployment(name="SoupModel", health_check_period_s=10)
+class SoupModel:
+    """The soup as one mixed model; concurrent requests decode together (module docstring)."""
+
+    def __init__(self, options: ServeOptions):
+        assert isinstance(options, ServeOptions), options  # parsed once, by the application builder
+        self.options = options
+        self.engine = SoupEngine(options)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="decode")  # one batch at a time on the model
+        self.replica = _replica_id()
+        self._batched.set_max_batch_size(options.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+
+    def info(self):
+        return self.engine.info
+
+    def _prepare(self, req: GenerationRequest) -> Job | dict:
+        try:
+            return self.engine.prepare(req)
+        except APIError as e:
+            return {"error": e}
+
+    async def generate(self, req: GenerationRequest) -> dict:
+        """The whole response: text, finish reason, token counts, the batch size it decoded in."""
+        job = self._prepare(req)
+        if isinstance(job, dict):
+            return job
+        parts, last = [], None
+        async for d in self._batched(job):
+            parts.append(d.text)
+            last = d
+        return {
+            "text": "".join(parts),
+            "finish": last.finish,
+            "prompt_tokens": last.prompt_tokens,
+            "completion_tokens": last.completion_tokens,
+            "batch_size": last.batch_size,
+            "replica": self.replica,
+        }
+
+    async def stream(self, req: GenerationRequest):
+        """``{"accepted": prompt tokens}`` (or ``{"error": APIError}``), then one dict per decoding step."""
+        job = self._prepare(req)
+        if isinstance(job, dict):
+            yield job
+            return
+        yield {"accepted": job.prompt_tokens, "replica": self.replica}
+        async for d in self._batched(job):
+            yield {
+                "text": d.text,
+                "finish": d.finish,
+                "prompt_tokens": d.prompt_tokens,
+                "completion_tokens": d.completion_tokens,
+                "batch_size": d.batch_size,
+            }
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
+    async def _batched(self, jobs: list[Job]):
+        loop = asyncio.get_running_loop()
+        run = await loop.run_in_executor(self.pool, self.engine.start, jobs)
+        while not run.finished:
+            deltas = await loop.run_in_executor(self.pool, run.step)
+            yield [StopIteration if d is None else d for d in deltas]
+
+    def check_health(self):
+        if self.engine.model is None:
+            raise RuntimeError("model not loaded")
+
+
+@serve.deployment(name="OpenAIIngress", max_ongoing_requests=1024)
+@serve.ingress(api)
+class OpenAIIngress:
+    """HTTP in front of ``SoupModel``: auth, limits, validation, OpenAI shapes, metrics (module docstring)."""
+
+    def __init__(self, model, options: ServeOptions):
+        assert isinstance(options, ServeOptions), options  # parsed once, by the application builder
+        self.options = options
+        self.model = model
+        self.streamer = model.options(stream=True)
+        self.metrics = EndpointMetrics()
+        self.api_key = os.environ.get(options.api_key_env) or None
+        self._info = None
+
+    async def info(self):
+        if self._info is None:
+            self._info = await self.model.info.remote()
+        return self._info
+
+    def _auth(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), self.api_key)):
+            raise APIError(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                None,
+                "authentication_error",
+                "invalid_api_key",
+            )
+
+    def _timed_out(self) -> APIError:
+        return APIError(
+            504, f"no response within {self.options.request_timeout_s:g} s", None, "timeout_error"
+        )
+
+    async def _body(self, request: Request):
+        """The JSON body within ``max_body_bytes`` (its fields are checked by ``parse_request``)."""
+        limit = self.options.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", None)
+        raw = await request.body()
+        if len(raw) > limit:
+            raise APIError(413, f"request body is {len(raw)} bytes; the limit is {limit}", None)
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise APIError(400, f"the body is not valid JSON: {e}", None) from e
+
+    @api.get("/healthz")
+    async def healthz(self):
+        info = await self.info()
+        return {"status": "ok", "model": info.model, "objectives": info.objectives}
+
+    @api.get("/metrics")
+    async def prometheus(self):
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        try:
+            self._auth(request)
+        except APIError as e:
+            return JSONResponse(e.body(), status_code=e.status)
+        return {"object": "list", "data": [(await self.info()).card()]}
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._serve(request, "completion")
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        return await self._serve(request, "chat")
+
+    async def _serve(self, request: Request, kind: str):
+        t0, endpoint, mode = time.perf_counter(), request.url.path, "-"
+        self.metrics.in_flight.inc()
+        status, err_type, streaming = 200, None, False
+        try:
+            self._auth(request)
+            body = await self._body(request)
+            info = await self.info()
+            req = parse_request(body, kind, info)
+            mode = req.mode.value
+            if req.stream:
+                resp = await self._stream(req, info, endpoint, t0)
+                streaming = True
+                return resp
+            call = self.model.generate.remote(req)
+            try:
+                out = await asyncio.wait_for(call, self.options.request_timeout_s)
+            except TimeoutError:
+                call.cancel()
+                raise self._timed_out() from None
+            if "error" in out:
+                raise out["error"]
+            self.metrics.served(out["prompt_tokens"], out["completion_tokens"], out["batch_size"])
+            use = usage(out["prompt_tokens"], out["completion_tokens"])
+            body = response(
+                req, info.model, out["text"], out["finish"], use, out["replica"], out["batch_size"]
+            )
+            return JSONResponse(body)
+        except APIError as e:
+            status, err_type = e.status, e.type
+            return JSONResponse(e.body(), status_code=e.status)
+        except Exception:  # noqa: BLE001 - a failed batch answers 500; the replica keeps serving
+            log.exception("request failed")
+            status, err_type = 500, "server_error"
+            err = APIError(500, "internal error while generating; see the server log", None, "server_error")
+            return JSONResponse(err.body(), status_code=500)
+        finally:
+            if not streaming:
+                self.metrics.in_flight.dec()
+                self.metrics.done(endpoint, mode, status, time.perf_counter() - t0, err_type)
+
+    async def _stream(self, req: GenerationRequest, info, endpoint: str, t0: float) -> StreamingResponse:
+        """Server-sent events; an error before the first token is a JSON error, a later one an SSE event."""
+        gen = self.streamer.stream.remote(req)
+        deadline = t0 + self.options.request_timeout_s
+        try:
+            first = await asyncio.wait_for(gen.__anext__(), max(deadline - time.perf_counter(), 0.001))
+        except TimeoutError:
+            gen.cancel()
+            raise self._timed_out() from None
+        if "error" in first:
+            raise first["error"]
+
+        async def events():
+            status, err_type, sent, last = 200, None, False, None
+            try:
+                while True:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    try:
+                        item = await asyncio.wait_for(gen.__anext__(), remaining)
+                    except StopAsyncIteration:
+                        break
+                    last = item
+                    if not sent:
+                        self.metrics.first_token.observe(time.perf_counter() - t0)
+                    data = chunk(req, info.model, item["text"], item["finish"], not sent, None)
+                    sent = True
+                    yield f"data: {json.dumps(data)}\n\n"
+                if last is not None:
+                    self.metrics.served(last["prompt_tokens"], last["completion_tokens"], last["batch_size"])
+                    if req.include_usage:
+                        use = usage(last["prompt_tokens"], last["completion_tokens"])
+                        yield f"data: {json.dumps(chunk(req, info.model, None, None, False, use))}\n\n"
+                yield "data: [DONE]\n\n"
+            except TimeoutError:
+                gen.cancel()
+                err = self._timed_out()
+                status, err_type = err.status, err.type
+                yield f"data: {json.dumps(err.body())}\n\n"
+            except Exception:  # noqa: BLE001
+                log.exception("stream failed")
+                status, err_type = 500, "server_error"
+                yield f"data: {json.dumps(APIError(500, 'internal error', None, 'server_error').body())}\n\n"
+            finally:
+                self.metrics.in_flight.dec()
+                self.metrics.done(endpoint, req.mode.value, status, time.perf_counter() - t0, err_type)
+
+        return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,0 +1,99 @@
+"""The endpoint's settings: ``ServeOptions``, parsed once per deployment where the application is built.
+
+    options = ServeOptions.from_args({"soup": "models:/soup-demo@production", "num_gpus": "1"})   # the args
+    options = ServeOptions(soup="path/to/bundle", model_name="demo")                             # in code
+
+Either way the object is checked once, when it is built (types, the fields' ranges, cross-field rules;
+errors name ``args.<key>``), and is frozen: the application builder (``serving.builder.build_app``) hands
+that one object to both deployments, whose replicas receive it unpickled, not parsed again.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from soupkitchen.config import Schema, config_error
+from soupkitchen.errors import ConfigError
+
+
+class ServeOptions(Schema):
+    """The application's settings (``serve/config.yaml`` ``args``; errors name ``args.<key>``).
+
+    ``soup``: bundle URI (``models:/name@alias``, ``runs:/``, ``s3://``) or local path; ``model_name``: the
+    served model id (default: derived from ``soup``). Limits: ``max_tokens_limit`` per request,
+    ``context_length`` (0: the model's), ``max_body_bytes``, ``request_timeout_s``, ``max_gamma`` /
+    ``max_alpha``. ``api_key_env``: if that environment variable is set, requests need ``Authorization:
+    Bearer <its value>``. Batching: ``max_batch_size`` requests per decoding batch, waiting at most
+    ``batch_wait_timeout_s`` to fill one. Replicas: ``num_cpus`` / ``num_gpus`` each, autoscaled between
+    ``min_replicas`` and ``max_replicas`` on ``target_ongoing_requests`` per replica (Ray Serve's
+    ``autoscaling_config``: averaged over ``look_back_period_s``, reported every ``metrics_interval_s``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    soup: str = ""
+    model_name: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    default_max_tokens: int = Field(64, ge=1)
+    max_tokens_limit: int = Field(512, ge=1)
+    min_tokens: int = Field(1, ge=0)
+    context_length: int = Field(0, ge=0)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    request_timeout_s: float = Field(120.0, ge=0.0)
+    max_gamma: float = Field(10.0, ge=0.0)
+    max_alpha: float = Field(1.0, ge=0.0)
+    api_key_env: str = "SOUPKITCHEN_API_KEY"
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0)
+    torch_threads: int = Field(0, ge=0)
+    num_cpus: float = Field(1.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(8.0, ge=0.0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    upscale_delay_s: float = Field(5.0, ge=0.0)
+    downscale_delay_s: float = Field(30.0, ge=0.0)
+    metrics_interval_s: float = Field(10.0, ge=0.0)
+    look_back_period_s: float = Field(30.0, ge=0.0)
+    ingress_replicas: int = Field(1, ge=1)
+
+    def __init__(self, /, **data: Any):  # from_args or in code: one validation, errors named args.<key>
+        try:
+            BaseModel.__init__(self, **data)
+        except ValidationError as e:
+            raise config_error(e, type(self), "args") from None
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if not self.soup:
+            raise ConfigError("soup", "name the soup bundle (URI or path), or set SOUPKITCHEN_SOUP_URI")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ConfigError("default_max_tokens", "must be <= args.max_tokens_limit")
+        if self.max_replicas < max(self.min_replicas, 1):
+            raise ConfigError("max_replicas", "must be >= args.min_replicas and >= 1")
+        return self
+
+    @classmethod
+    def from_args(cls, args: dict | None) -> ServeOptions:
+        """The options from an application's ``args`` (``serve/config.yaml``, or ``serve run serve.app:app
+        key=value``, whose values arrive as strings and are read as YAML scalars: 0.5, 4, true). ``soup``
+        defaults to the ``SOUPKITCHEN_SOUP_URI`` environment variable of the process that builds the app."""
+        args = {
+            k: yaml.safe_load(v) if isinstance(v, str) and k != "soup" else v for k, v in (args or {}).items()
+        }
+        if not args.get("soup"):
+            args["soup"] = os.environ.get("SOUPKITCHEN_SOUP_URI", "")
+        return cls(**{str(k): v for k, v in args.items()})
+
+    @property
+    def served_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        name = self.soup.rstrip("/").rsplit("/", 1)[-1]
+        return name.split("@", 1)[0] or "soup"
