@@ -296,7 +296,7 @@ def test_bundle_ships_value_models_and_refuses_a_tampered_one(tiny_soup, tmp_pat
     shutil.copytree(tiny_soup, copy)
     f = copy / "adapters" / "value-warm.safetensors"
     f.write_bytes(f.read_bytes()[:-8])
-    with pytest.raises(ConfigError, match=r"value_models\[0\]\.sha256"):
+    with pytest.raises(ConfigError, match=r"value_models.0.sha256"):
         load_bundle(copy)
 
 

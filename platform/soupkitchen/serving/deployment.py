@@ -30,7 +30,8 @@ from starlette.exceptions import HTTPException
 from soupkitchen.serving.engine import Job, SoupEngine
 from soupkitchen.serving.metrics import EndpointMetrics
 from soupkitchen.serving.options import ServeOptions
-from soupkitchen.serving.protocol import APIError, GenerationRequest, chunk, parse_request, response, usage
+from soupkitchen.serving.protocol import APIError, GenerationRequest, parse_request
+from soupkitchen.serving.responses import chunk, response, usage
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="soupkitchen", description="OpenAI-compatible controllable multi-objective generation")

@@ -1,8 +1,7 @@
-"""The HTTP protocol: OpenAI-compatible request bodies in (pydantic models), a validated ``GenerationRequest``
-out; responses, stream chunks and errors in OpenAI's shapes.
+"""The HTTP protocol, requests: OpenAI-compatible bodies in (pydantic models), a validated
+``GenerationRequest`` out, errors in OpenAI's shape. Responses and stream chunks: ``serving.responses``.
 
     req = parse_request(body, "chat", info)      # raises APIError(400, message, param) on bad input
-    completion_response(req, text, finish, usage, ...)
 
 ``CompletionBody`` / ``ChatBody`` are the bodies' schemas. What a field allows may depend on the soup
 (its objectives, modes, γ / α / max_tokens limits): they validate with the endpoint's ``SoupInfo`` as
@@ -477,73 +476,3 @@ def parse_request(body: Any, kind: str, info: SoupInfo) -> GenerationRequest:
         stream=b.stream,
         include_usage=bool(b.stream_options.include_usage) if b.stream_options else False,
     )
-
-
-# --------------------------------------------------------------------------------------------- responses
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def _soup_fields(req: GenerationRequest) -> dict:
-    return {
-        "preference": list(req.preference.weights),
-        "mode": req.mode.value,
-        "gamma": req.gamma,
-        "alpha": req.alpha,
-    }
-
-
-def response(
-    req: GenerationRequest, model: str, text: str, finish: str, use: dict, fingerprint: str, batch_size: int
-) -> dict:
-    """The non-streaming body: ``text_completion`` or ``chat.completion``, plus ``soup``: μ, mode, γ, α and
-    the size of the decoding batch the request shared."""
-    if req.kind == "completion":
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        obj, prefix = "text_completion", "cmpl"
-    else:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-        obj, prefix = "chat.completion", "chatcmpl"
-    return {
-        "id": f"{prefix}-{req.id}",
-        "object": obj,
-        "created": req.created,
-        "model": model,
-        "choices": [choice],
-        "usage": use,
-        "system_fingerprint": fingerprint,
-        "soup": {**_soup_fields(req), "batch_size": batch_size},
-    }
-
-
-def chunk(
-    req: GenerationRequest, model: str, text: str | None, finish: str | None, first: bool, use: dict | None
-) -> dict:
-    """One SSE chunk (``text_completion`` / ``chat.completion.chunk``); ``use`` only in the usage chunk."""
-    if req.kind == "completion":
-        choices = (
-            [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
-        )
-        obj, prefix = "text_completion", "cmpl"
-    else:
-        delta = {"role": "assistant", "content": text} if first else {"content": text}
-        choices = [] if text is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
-        obj, prefix = "chat.completion.chunk", "chatcmpl"
-    out = {
-        "id": f"{prefix}-{req.id}",
-        "object": obj,
-        "created": req.created,
-        "model": model,
-        "choices": choices,
-    }
-    if use is not None:
-        out["usage"] = use
-    if first:
-        out["soup"] = _soup_fields(req)
-    return out
