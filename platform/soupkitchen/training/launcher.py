@@ -145,12 +145,25 @@ def train_backbones(
                 backbone_trial, {"CPU": 0, "memory": 1}
             ),  # trial waits on its trainer
             param_space=space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=len(specs)),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_backbones(recipe, len(specs))),
             run_config=tune.RunConfig(name=f"{run_name}-launcher", storage_path=storage),
         )
         manifest = collect_manifest(tuner.fit(), recipe, method, specs, storage, run_name, reward_space)
         parent.client.log_artifact(parent.run_id, str(manifest))
     return manifest
+
+
+def concurrent_backbones(recipe: Recipe, n: int) -> int:
+    """How many of ``n`` backbones train at once: ``distributed.max_concurrent_backbones``, or (0) as many
+    worker groups as the cluster's CPUs (and GPUs) hold now, at least one."""
+    d = recipe.distributed
+    if d.max_concurrent_backbones:
+        return min(n, d.max_concurrent_backbones)
+    have = ray.cluster_resources()
+    fits = have.get("CPU", 0.0) // (d.num_workers * d.cpus_per_worker)
+    if d.use_gpu:
+        fits = min(fits, have.get("GPU", 0.0) // (d.num_workers * d.gpus_per_worker))
+    return int(max(1, min(n, fits)))
 
 
 def calibrate_on_cluster(recipe: Recipe) -> RewardSpace:
