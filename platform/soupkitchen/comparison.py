@@ -18,13 +18,11 @@ from soupkitchen.config import Recipe, from_dict, to_dict
 from soupkitchen.evaluation import EvalResult, evaluate_front
 from soupkitchen.manifests import BackboneManifest, write_manifest
 from soupkitchen.merging import write_bundle
-from soupkitchen.methods import Method, Mode
+from soupkitchen.methods import SOUPS, Method, Mode
 from soupkitchen.reward_space import RewardSpace, effective_weights
 from soupkitchen.tracking import RunLogger
 from soupkitchen.training.launcher import run_dir, train_backbones
 from soupkitchen.training.specs import backbone_specs
-
-SOUPS = (Method.BONE_SOUP, Method.REWARDED_SOUPS)  # the methods that merge into a bundle
 
 
 def policy_weights(recipe: Recipe, methods: Sequence[Method]) -> list[list[float]]:

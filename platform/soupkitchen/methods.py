@@ -58,6 +58,7 @@ class Mode(StrEnum):
 
 
 GUIDED_MODES = tuple(m for m in Mode if m.guided)
+SOUPS = (Method.BONE_SOUP, Method.REWARDED_SOUPS)  # the training methods whose backbones merge into a bundle
 
 
 def names(kind) -> str:

@@ -12,7 +12,7 @@ from soupkitchen.config import ConfigError, Recipe, to_dict
 from soupkitchen.decoding import AdapterRoles, DecodeSettings, check_gamma
 from soupkitchen.evaluation.sources import BackboneSource, check_source, shared_space
 from soupkitchen.merging import build_mixed_model, load_adapter_state
-from soupkitchen.methods import Mode, parse
+from soupkitchen.methods import SOUPS, Mode, parse
 from soupkitchen.models import load_base_model
 from soupkitchen.preferences import merge_coefficients, preference_grid
 from soupkitchen.reward_space import RewardSpace
@@ -144,7 +144,7 @@ def guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma) -> lis
         return []
     gamma = check_gamma(recipe.decoding.gamma if gamma is None else gamma, "--gamma")
     assert all(md.guided for md in modes), modes  # methods.parse_guided_modes at the entry point
-    base = next((k for k in ("bone_soup", "rewarded_soups") if k in sources), None)
+    base = next((k for k in SOUPS if k in sources), None)
     if base is None:
         raise ConfigError("--modes", "guided modes need a base: pass --bone-soup (or --rewarded-soups)")
     beta = sources[base].beta if base == "bone_soup" else None

@@ -8,6 +8,7 @@ from pathlib import Path
 from soupkitchen.config import ConfigError, Recipe, to_dict
 from soupkitchen.manifests import BackboneManifest
 from soupkitchen.merging import load_bundle
+from soupkitchen.methods import SOUPS
 from soupkitchen.preferences import backbone_weights
 from soupkitchen.reward_space import RewardSpace
 
@@ -124,5 +125,5 @@ def check_source(recipe: Recipe, src: BackboneSource, flag: str) -> None:
             f"backbones were trained over another base model (model.{', model.'.join(differ)} differ); "
             "evaluate with the recipe they were trained with",
         )
-    if src.method in ("bone_soup", "rewarded_soups") and len(src.names) != len(recipe.objectives):
+    if src.method in SOUPS and len(src.names) != len(recipe.objectives):
         raise ConfigError(flag, f"{src.method} needs one backbone per objective, got {len(src.names)}")
