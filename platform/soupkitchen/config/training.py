@@ -114,8 +114,8 @@ class DistributedConfig(Schema):
     zero_stage: int = Field(2, ge=0, le=3)
     max_failures: int = Field(1, ge=-1)
     storage_path: str = "~/.cache/soupkitchen/runs"
-    # Backbones trained at once. 0: as many as the cluster's CPUs/GPUs hold now (more would wait for workers
-    # and hit Ray Train's worker-group start timeout); set it on an autoscaling cluster so demand is seen.
+    # Backbones trained at once. 0: all (Ray queues those the cluster cannot place yet; their controllers may
+    # hit Ray Train's 60 s worker-group start timeout and retry, harmless); N: at most N at once.
     max_concurrent_backbones: int = Field(0, ge=0)
 
     @model_validator(mode="after")

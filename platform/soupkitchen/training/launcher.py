@@ -154,16 +154,13 @@ def train_backbones(
 
 
 def concurrent_backbones(recipe: Recipe, n: int) -> int:
-    """How many of ``n`` backbones train at once: ``distributed.max_concurrent_backbones``, or (0) as many
-    worker groups as the cluster's CPUs (and GPUs) hold now, at least one."""
-    d = recipe.distributed
-    if d.max_concurrent_backbones:
-        return min(n, d.max_concurrent_backbones)
-    have = ray.cluster_resources()
-    fits = have.get("CPU", 0.0) // (d.num_workers * d.cpus_per_worker)
-    if d.use_gpu:
-        fits = min(fits, have.get("GPU", 0.0) // (d.num_workers * d.gpus_per_worker))
-    return int(max(1, min(n, fits)))
+    """How many of ``n`` backbones train at once: all, or at most ``distributed.max_concurrent_backbones``.
+
+    Measured on 2 CPUs (1 CPU per worker group): capping at what fits is faster for the tiny β search
+    (4 backbones: 270 s vs 349 s) but slower for compare (5 policies: 434 s vs 366 s), where the queued
+    trials' start-up overlaps the running ones' training; so all at once stays the default."""
+    cap = recipe.distributed.max_concurrent_backbones
+    return min(n, cap) if cap else n
 
 
 def calibrate_on_cluster(recipe: Recipe) -> RewardSpace:
