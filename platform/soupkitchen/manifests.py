@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, to_dict
+from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, read_format, to_dict
 from soupkitchen.config.schema import Schema
 from soupkitchen.methods import Method
 from soupkitchen.preferences import circulant_matrix
@@ -78,15 +78,7 @@ class BackboneManifest(BaseModel):
         path = Path(path)
         if path.is_dir():
             path = path / "manifest.json"
-        try:
-            doc = json.loads(path.read_text())
-        except OSError as e:
-            raise ConfigError(flag, f"cannot read {path} ({e.strerror or e})") from e
-        except json.JSONDecodeError as e:
-            raise ConfigError(flag, f"{path} is not valid JSON ({e})") from e
-        found = doc.get("format") if isinstance(doc, dict) else None
-        if found != BACKBONES_FORMAT:
-            raise ConfigError(flag, f"{path} is not a backbones manifest (format {found!r})")
+        doc = read_format(path, flag, BACKBONES_FORMAT, "backbones manifest")
         RewardSpace.of_manifest(doc, f"{flag} {path}")  # recorded and well-formed
         try:
             return cls.model_validate(doc)

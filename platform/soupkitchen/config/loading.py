@@ -28,6 +28,8 @@ def read_format(path, flag: str, fmt: str, what: str) -> dict:
     the CLI ``flag`` if it is not JSON or not that kind of document (``what``)."""
     try:
         doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(flag, f"cannot read {path} ({e.strerror or e})") from e
     except json.JSONDecodeError as e:
         raise ConfigError(flag, f"{path} is not valid JSON ({e})") from e
     found = doc.get("format") if isinstance(doc, dict) else None
