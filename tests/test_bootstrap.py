@@ -17,7 +17,7 @@ from soupkitchen.bootstrap import (
     resample_counts,
     winner_separated,
 )
-from soupkitchen.metrics import METRIC_KEYS, front_metrics
+from soupkitchen.metrics import METRIC_KEYS, front_metrics, kendall_tau
 
 Z = 1.959964  # standard normal 97.5% quantile
 
@@ -157,6 +157,24 @@ def test_nan_and_infinite_replicates():
     tau = res.reps["m"]["kendall_tau"]
     assert 0 < np.isnan(tau).sum() < len(tau)
     assert res.lo["m"]["kendall_tau"] == res.hi["m"]["kendall_tau"] == res.point["m"]["kendall_tau"] == 1.0
+
+
+def test_kendall_tau_and_p_value_around_the_projection_point():
+    """τ and its p-value (MOC Listing 1): one kendall_tau call per replicate, around projection_ref."""
+    rng, mu = np.random.default_rng(7), _line(11)
+    scores = {"m": _line(11)[None] + 0.3 * rng.standard_normal((25, 11, 2))}
+    ref, proj = [-1.0, -1.0], [-2.0, -2.0]
+    res = paired_bootstrap(
+        scores, {"m": mu}, ref, samples=40, metric_keys=["kendall_tau", "kendall_p"], projection_ref=proj
+    )
+    point = front_metrics(scores["m"].mean(0), mu, ref, projection_ref=proj)
+    assert all(res.point["m"][k] == point[k] for k in ("kendall_tau", "kendall_p"))
+    w = resample_counts(25, 40) / 25
+    expected = np.array([kendall_tau(p, mu, proj) for p in np.einsum("bp,pkn->bkn", w, scores["m"])])
+    np.testing.assert_allclose(res.reps["m"]["kendall_tau"], expected[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(res.reps["m"]["kendall_p"], expected[:, 1], rtol=1e-12)
+    assert 0 < res.lo["m"]["kendall_p"] <= res.hi["m"]["kendall_p"] <= 1
+    assert res.lo["m"]["kendall_tau"] <= point["kendall_tau"] <= res.hi["m"]["kendall_tau"]
 
 
 def test_default_ratios_and_bad_inputs():

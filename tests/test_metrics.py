@@ -199,13 +199,40 @@ def moc_projection(points, ref):
     return np.pi / 2 - np.arctan((points[:, 1] - ref[1]) / (points[:, 0] - ref[0]))
 
 
+def ordered_front(n):
+    """n perfectly ordered points: μ = (i/(n−1), 1 − i/(n−1)), the point moving monotonically toward r1."""
+    t = np.linspace(0.0, 1.0, n)
+    mu = np.column_stack([t, 1 - t])
+    return mu.copy(), mu  # r = μ: the angle around (−2, −2) grows with μ_1
+
+
+def test_kendall_tau_p_value_listing1():
+    """MOC Listing 1's numbers: a perfect order of 11 gives τ = 1, p = 2/11! = 5.0e-8 (exact test)."""
+    pts, mu = ordered_front(11)
+    tau, p = kendall_tau(pts, mu, (-2, -2))
+    assert tau == pytest.approx(1.0)
+    assert p == pytest.approx(5.0e-8, rel=1e-2) and p == pytest.approx(2 / math.factorial(11), rel=1e-9)
+    tau, p = kendall_tau(*ordered_front(5), (-2, -2))
+    assert tau == pytest.approx(1.0) and p == pytest.approx(1.7e-2, rel=2e-2)  # 2/5! = 0.0167
+    pts[[4, 5]] = pts[[5, 4]]  # one discordant pair of 55
+    tau, p = kendall_tau(pts, mu, (-2, -2))
+    assert tau == pytest.approx(53 / 55) and tau == pytest.approx(0.9636, abs=1e-4)
+    assert p == pytest.approx(5.5e-7, rel=1e-2)  # 2 · 11 permutations with ≤ 1 inversion / 11!
+
+
 def test_kendall_tau_hand():
     pts, mu = controllable_front()
-    assert kendall_tau(pts, mu, (-2, -2)) == pytest.approx(1.0)
-    assert kendall_tau(pts[::-1], mu, (-2, -2)) == pytest.approx(-1.0)
+    assert kendall_tau(pts, mu, (-2, -2))[0] == pytest.approx(1.0)
+    assert kendall_tau(pts[::-1], mu, (-2, -2))[0] == pytest.approx(-1.0)
     pts[[4, 5]] = pts[[5, 4]]
-    assert kendall_tau(pts, mu, (-2, -2)) == pytest.approx(53 / 55)  # one discordant pair: MOC's RS 0.96
-    assert math.isnan(kendall_tau(np.ones((4, 3)), np.full((4, 3), 1 / 3), (0, 0, 0)))
+    assert kendall_tau(pts, mu, (-2, -2))[0] == pytest.approx(53 / 55)  # one discordant pair: MOC's RS 0.96
+    # undefined: 3 objectives, one point, constant projection, constant ground truth
+    assert all(math.isnan(v) for v in kendall_tau(np.ones((4, 3)), np.full((4, 3), 1 / 3), (0, 0, 0)))
+    assert all(math.isnan(v) for v in kendall_tau([[1, 2]], [[0.5, 0.5]], (0, 0)))
+    assert all(math.isnan(v) for v in kendall_tau(np.ones((4, 2)), ordered_front(4)[1], (0, 0)))
+    assert all(math.isnan(v) for v in kendall_tau(ordered_front(4)[0], np.full((4, 2), 0.5), (-2, -2)))
+    with pytest.raises(ValueError, match=r"projection_ref must have shape \(2,\)"):
+        kendall_tau(pts, mu, (0, 0, 0))
 
 
 def test_kendall_tau_vs_scipy():
@@ -214,13 +241,13 @@ def test_kendall_tau_vs_scipy():
     mu = preference_grid(2)
     for _ in range(30):
         pts = rng.uniform(-1.5, 2, size=(11, 2))
-        expected = kendalltau(mu[:, 0], moc_projection(pts, ref)).statistic
-        assert kendall_tau(pts, mu, ref) == pytest.approx(expected, abs=1e-12)
+        expected = kendalltau(mu[:, 0], moc_projection(pts, ref))
+        assert kendall_tau(pts, mu, ref) == pytest.approx((expected.statistic, expected.pvalue), abs=1e-12)
     # ties (duplicated μ_1 and duplicated points): scipy's default τ-b, as in MOC Listing 1
     mu_t = np.array([[0.0, 1], [0.0, 1], [0.5, 0.5], [0.7, 0.3], [1, 0]])
     pts_t = np.array([[0.1, 1.0], [0.3, 0.9], [0.3, 0.9], [0.8, 0.2], [0.6, 0.1]])
-    expected = kendalltau(mu_t[:, 0], moc_projection(pts_t, ref)).statistic
-    assert kendall_tau(pts_t, mu_t, ref) == pytest.approx(expected, abs=1e-12)
+    expected = kendalltau(mu_t[:, 0], moc_projection(pts_t, ref))
+    assert kendall_tau(pts_t, mu_t, ref) == pytest.approx((expected.statistic, expected.pvalue), abs=1e-12)
 
 
 # ---------------------------------------------------------------- front_metrics
@@ -232,17 +259,24 @@ def test_front_metrics_keys_and_values():
     m = front_metrics(pts, mu, ref)
     assert tuple(m) == METRIC_KEYS == (
         "hypervolume", "inner_product", "controllability", "front_length",
-        "sparsity", "spacing", "kendall_tau", "diversity",
+        "sparsity", "spacing", "kendall_tau", "kendall_p", "diversity",
     )
     assert m["hypervolume"] == pytest.approx(hv2d_sweep(pts.tolist(), ref))
     assert m["inner_product"] == pytest.approx(np.mean(np.sum(pts * mu, axis=1)))
     assert m["controllability"] == 1.0 and m["kendall_tau"] == pytest.approx(1.0)
+    assert m["kendall_p"] == pytest.approx(2 / math.factorial(11))
+    assert all(isinstance(v, (int, float)) for v in m.values())
     assert m["front_length"] == 11
     # consecutive points on the unit circle are 2 sin(π/40) apart
     assert m["sparsity"] == pytest.approx((2 * np.sin(np.pi / 40)) ** 2)
     assert m["spacing"] == pytest.approx(0.0, abs=1e-12)
     assert m["diversity"] == pytest.approx(pdist(pts).mean())
     assert front_metrics(pts, mu, ref, projection_ref=(-2, -2))["kendall_tau"] == pytest.approx(1.0)
+    # the projection point matters: seen from (0.5, 0.5), on the front itself, the angles tie in two groups
+    far, near = ((-2, -2), (0.5, 0.5))
+    pts_l, mu_l = ordered_front(11)
+    assert front_metrics(pts_l, mu_l, ref, projection_ref=far)["kendall_tau"] == pytest.approx(1.0)
+    assert front_metrics(pts_l, mu_l, ref, projection_ref=near)["kendall_tau"] < 1.0
 
 
 def test_front_metrics_three_objectives():
@@ -251,7 +285,7 @@ def test_front_metrics_three_objectives():
     m = front_metrics(pts, mu, np.zeros(3))
     assert set(m) == set(METRIC_KEYS)
     assert m["front_length"] == 66 and m["controllability"] == 1.0
-    assert math.isnan(m["kendall_tau"])
+    assert math.isnan(m["kendall_tau"]) and math.isnan(m["kendall_p"])
     assert 0 < m["hypervolume"] < 1
 
 

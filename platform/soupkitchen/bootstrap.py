@@ -9,16 +9,16 @@ c_b ~ Multinomial(P, (1/P, …, 1/P)), and recomputes every method's front on th
 
     points_b[m] = (1/P) Σ_p c_b[p] · scores[m][p]        (one [B, P] @ [P, k·n] matmul per method),
 
-then every statistic θ on it: the front metrics (``soupkitchen.metrics``, one shared reference point) and
-the hypervolume ratios ρ = HV(num) / HV(den) (∞ when HV(den) = 0, as ``evaluation.hypervolume_ratios``).
-All methods see the same c_b (paired), so prompt difficulty shared by the methods cancels in their ratios
-and differences.
+then every statistic θ on it: the front metrics (``soupkitchen.metrics``, one shared reference point, and
+one shared projection point for Kendall's τ) and the hypervolume ratios ρ = HV(num) / HV(den) (∞ when
+HV(den) = 0, as ``evaluation.hypervolume_ratios``). All methods see the same c_b (paired), so prompt
+difficulty shared by the methods cancels in their ratios and differences.
 
 Interval. The (1 − a) percentile interval [θ_(a/2), θ_(1−a/2)] of the B replicates, NaN replicates left out
 (NaN bounds only when every replicate is NaN). The bounds are order statistics (numpy methods "lower" and
 "higher", no interpolation): an infinite ratio replicate gives an infinite bound rather than NaN, and the
 interval is never narrower than the interpolated one. Point estimates are the statistics of the full data,
-``front_metrics(points[m], preferences[m], ref)``.
+``front_metrics(points[m], preferences[m], ref, projection_ref)``.
 
 Pairing across processes. c_b depends only on (P, samples, seed) (``resample_counts``): trials evaluated
 separately on the same P prompts with the same seed draw identical resamples, so their replicates pair
@@ -47,19 +47,32 @@ from soupkitchen.metrics import METRIC_KEYS, front_metrics
 DEFAULT_KEYS = ("hypervolume", "inner_product", "controllability")
 BASELINES = ("bone_soup", "rewarded_soups", "morlhf", "sft")  # ratio denominators, in this order
 
-# One metric of one front (p [k, n], μ [k, n], ref [n]): the terms of ``front_metrics``, so a replicate
-# computes only the requested keys.
-_METRIC: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], float]] = {
-    "hypervolume": lambda p, mu, ref: metrics.hypervolume(p, ref),
-    "inner_product": lambda p, mu, ref: metrics.inner_product(p, mu),
-    "controllability": lambda p, mu, ref: metrics.controllability(p, mu),
-    "front_length": lambda p, mu, ref: float(metrics.pareto_mask(p).sum()),
-    "sparsity": lambda p, mu, ref: metrics.sparsity(p, mu),
-    "spacing": lambda p, mu, ref: metrics.spacing(p),
-    "kendall_tau": lambda p, mu, ref: metrics.kendall_tau(p, mu, ref),
-    "diversity": lambda p, mu, ref: metrics.diversity(p),
+# One metric of one front (p [k, n], μ [k, n], ref [n], projection ref [n]): the terms of ``front_metrics``,
+# so a replicate computes only the requested keys.
+_METRIC: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]] = {
+    "hypervolume": lambda p, mu, ref, proj: metrics.hypervolume(p, ref),
+    "inner_product": lambda p, mu, ref, proj: metrics.inner_product(p, mu),
+    "controllability": lambda p, mu, ref, proj: metrics.controllability(p, mu),
+    "front_length": lambda p, mu, ref, proj: float(metrics.pareto_mask(p).sum()),
+    "sparsity": lambda p, mu, ref, proj: metrics.sparsity(p, mu),
+    "spacing": lambda p, mu, ref, proj: metrics.spacing(p),
+    "kendall_tau": lambda p, mu, ref, proj: metrics.kendall_tau(p, mu, proj)[0],
+    "kendall_p": lambda p, mu, ref, proj: metrics.kendall_tau(p, mu, proj)[1],
+    "diversity": lambda p, mu, ref, proj: metrics.diversity(p),
 }
 assert tuple(_METRIC) == METRIC_KEYS
+_KENDALL = ("kendall_tau", "kendall_p")  # both from one kendall_tau call per replicate
+
+
+def _replicates(
+    keys: Sequence[str], pts_b: np.ndarray, mu: np.ndarray, ref: np.ndarray, proj: np.ndarray
+) -> dict[str, np.ndarray]:
+    """{key: [B]} statistics of the replicate fronts pts_b [B, k, n]; τ and its p-value share one call."""
+    out = {k: np.array([_METRIC[k](p, mu, ref, proj) for p in pts_b]) for k in keys if k not in _KENDALL}
+    if wanted := [k for k in _KENDALL if k in keys]:
+        tp = np.array([metrics.kendall_tau(p, mu, proj) for p in pts_b], dtype=np.float64).reshape(-1, 2)
+        out |= {k: tp[:, _KENDALL.index(k)] for k in wanted}
+    return {k: out[k] for k in keys}
 
 
 def _check_confidence(confidence: float) -> None:
@@ -160,12 +173,14 @@ def paired_bootstrap(
     seed: int = 0,
     ratios: Iterable[tuple[str, str]] | None = None,
     metric_keys: Sequence[str] = DEFAULT_KEYS,
+    projection_ref: ArrayLike | None = None,
 ) -> BootstrapResult:
     """Paired percentile bootstrap (module docstring) of every method's front metrics and HV ratios.
 
     ``scores[m]`` [P, k, n] per-prompt mean reward vectors, ``preferences[m]`` [k, n], ``ref`` [n] the shared
     reference point; ``ratios`` (num, den) label pairs (default ``default_ratios``), reported as
     ``hv_ratio_vs_<den>`` of ``num``. ``metric_keys`` from METRIC_KEYS (hypervolume is always included).
+    ``projection_ref`` [n] the point Kendall's τ measures angles around (default ``ref``).
     """
     _check_confidence(confidence)
     if set(scores) != set(preferences) or not scores:
@@ -185,15 +200,16 @@ def paired_bootstrap(
     if len(set(prompts.values())) != 1:
         raise ValueError(f"methods need the same prompts (paired), got P = {prompts}")
     P, r = next(iter(prompts.values())), np.asarray(ref, dtype=np.float64)
+    proj = r if projection_ref is None else np.asarray(projection_ref, dtype=np.float64)
     w = resample_counts(P, samples, seed) / P  # [B, P] replicate weights
 
     point, reps, points, point_lo, point_hi = {}, {}, {}, {}, {}
     for m, x in s.items():
         points[m] = x.mean(axis=0)
-        full = front_metrics(points[m], mus[m], r)
+        full = front_metrics(points[m], mus[m], r, proj)
         point[m] = {k: float(full[k]) for k in keys}
         pts_b = (w @ x.reshape(P, -1)).reshape(samples, *x.shape[1:])  # [B, k, n]
-        reps[m] = {k: np.array([_METRIC[k](p, mus[m], r) for p in pts_b]) for k in keys}
+        reps[m] = _replicates(keys, pts_b, mus[m], r, proj)
         point_lo[m], point_hi[m] = percentile_interval(pts_b, confidence)
     for num, den in ratios:
         key = f"hv_ratio_vs_{den}"

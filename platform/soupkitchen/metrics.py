@@ -11,11 +11,12 @@ import math
 
 import moocore
 import numpy as np
+import scipy.stats
 from numpy.typing import ArrayLike
 
 METRIC_KEYS = (
     "hypervolume", "inner_product", "controllability", "front_length",
-    "sparsity", "spacing", "kendall_tau", "diversity",
+    "sparsity", "spacing", "kendall_tau", "kendall_p", "diversity",
 )
 
 
@@ -139,25 +140,31 @@ def diversity(points: ArrayLike) -> float:
     return float(_pairwise_distances(p)[np.triu_indices(n, k=1)].mean())
 
 
-def kendall_tau(points: ArrayLike, preferences: ArrayLike, projection_ref: ArrayLike) -> float:
-    """MOC controllability (Appendix I, Eqs. 24-25), two objectives only (NaN otherwise or when N < 2).
+def kendall_tau(points: ArrayLike, preferences: ArrayLike, projection_ref: ArrayLike) -> tuple[float, float]:
+    """MOC controllability (Appendix I, Eqs. 24-25, Listing 1): (τ, p-value), two objectives only.
 
-    Predicted order: the angle of r − ref from the +r2 axis, s = π/2 − arctan((r2 − ref2)/(r1 − ref1))
-    (Eq. 24, computed as arctan2(r1 − ref1, r2 − ref2): identical where r1 > ref1, continuous elsewhere).
-    Ground truth: μ_1, the weight on r1. τ = (N_c − N_d) / sqrt((N_0 − T_μ)(N_0 − T_s)), N_0 = N(N−1)/2,
-    T = tied pairs: Kendall's τ-b as computed by scipy.stats.kendalltau in MOC's Listing 1; without
-    ties it is Eq. 25, (N_c − N_d)/(N(N−1)/2). NaN if either sequence is constant.
+    Predicted order (Eq. 24): the angle of r − ref from the +r2 axis, ref = `projection_ref` (MOC: (−2, −2)),
+    s = π/2 − arctan((r2 − ref2)/(r1 − ref1)), computed as arctan2(r1 − ref1, r2 − ref2): equal to Eq. 24
+    wherever r1 > ref1 (the usual case) and continuous across r1 = ref1, where Eq. 24 divides by zero and
+    jumps by π (arctan2's only cut is the ray r1 = ref1, r2 < ref2). Ground truth: μ_1 = preferences[:, 0],
+    the weight on r1. Then, as in Listing 1, ``tau, p = scipy.stats.kendalltau(ground_truth, projection)``:
+    Kendall's τ-b, τ = (N_c − N_d) / sqrt((N_0 − T_μ)(N_0 − T_s)), N_0 = N(N−1)/2, T = tied pairs (Eq. 25,
+    (N_c − N_d)/N_0, when there are no ties), and scipy's default two-sided p-value for "no association"
+    (exact permutation distribution for small N without ties, else the normal approximation): 2/N! for a
+    perfect order, 5.0e-8 at N = 11.
+
+    (NaN, NaN) when n_objectives ≠ 2, N < 2, or either sequence is constant.
     """
     p, mu = _as_front(points, preferences)
     if p.shape[1] != 2 or len(p) < 2:
-        return math.nan
+        return math.nan, math.nan
     r = _as_ref(projection_ref, 2, "projection_ref")
-    s = np.arctan2(p[:, 0] - r[0], p[:, 1] - r[1])
-    iu = np.triu_indices(len(p), k=1)
-    a = np.sign(mu[:, None, 0] - mu[None, :, 0])[iu]
-    b = np.sign(s[:, None] - s[None, :])[iu]
-    denom = math.sqrt(np.count_nonzero(a) * np.count_nonzero(b))
-    return float(np.sum(a * b) / denom) if denom > 0 else math.nan
+    ground_truth = mu[:, 0]
+    projection = np.arctan2(p[:, 0] - r[0], p[:, 1] - r[1])
+    if np.ptp(ground_truth) == 0 or np.ptp(projection) == 0:
+        return math.nan, math.nan
+    tau, p_value = scipy.stats.kendalltau(ground_truth, projection)
+    return float(tau), float(p_value)
 
 
 def front_metrics(
@@ -167,11 +174,13 @@ def front_metrics(
 
     hypervolume (Eq. 11, ref `ref`), inner_product (Eq. 12, mean over the front), controllability (Eq. 10),
     front_length (number of strictly non-dominated points, "length of front"), sparsity (Eq. 13),
-    spacing (Eq. 14), kendall_tau (MOC Eqs. 24-25; angle measured around `projection_ref`, default `ref`;
-    MOC itself used (−2, −2)), diversity (MOC mean pairwise distance). Undefined values are NaN.
+    spacing (Eq. 14), kendall_tau and kendall_p (MOC Eqs. 24-25 / Listing 1: τ-b and its p-value; angle
+    measured around `projection_ref`, default `ref`; MOC itself used (−2, −2)), diversity (MOC mean pairwise
+    distance). Undefined values are NaN.
     """
     p, mu = _as_front(points, preferences)
     r = _as_ref(ref, p.shape[1])
+    tau, tau_p = kendall_tau(p, mu, r if projection_ref is None else projection_ref)
     return {
         "hypervolume": hypervolume(p, r),
         "inner_product": inner_product(p, mu),
@@ -179,6 +188,7 @@ def front_metrics(
         "front_length": int(pareto_mask(p).sum()),
         "sparsity": sparsity(p, mu),
         "spacing": spacing(p),
-        "kendall_tau": kendall_tau(p, mu, r if projection_ref is None else projection_ref),
+        "kendall_tau": tau,
+        "kendall_p": tau_p,
         "diversity": diversity(p),
     }

@@ -24,32 +24,74 @@ def hypervolume_ratios(result: EvalResult) -> dict[str, tuple[float, float, floa
     return out
 
 
+TABLE_WIDTH = 120  # the console table wraps into blocks no wider than this
+# Console table columns: metric key → header.
+TABLE_COLUMNS = {
+    "hypervolume": "hypervolume",
+    "inner_product": "inner_product",
+    "controllability": "controllability",
+    "kendall_tau": "kendall_tau",
+    "diversity": "mpd",
+    "front_length": "front_length",
+    "sparsity": "sparsity",
+    "spacing": "spacing",
+}
+
+
+def _projection_point(result: EvalResult) -> list[float]:
+    """The point Kendall's τ measures angles around (the reference point when the result has none)."""
+    point = getattr(result, "projection_ref", None)
+    return [float(v) for v in (result.ref_point if point is None else point)]
+
+
 def _cell(m: dict, key: str) -> str:
-    """``value [lo, hi]`` when the metric has an interval, else the value."""
-    if f"{key}_lo" in m:
-        return f"{m[key]:.4g} [{m[key + '_lo']:.3g}, {m[key + '_hi']:.3g}]"
-    return f"{m[key]:.4g}"
+    """``value [lo, hi]`` when the metric has an interval, else the value; Kendall's τ with ``p=<p-value>``
+    (of the point estimate); ``-`` when the metric is missing."""
+    if key not in m:
+        return "-"
+    cell = f"{m[key]:.4g}"
+    if f"{key}_lo" in m and not all(math.isnan(m[k]) for k in (key, f"{key}_lo", f"{key}_hi")):
+        cell += f" [{m[key + '_lo']:.3g}, {m[key + '_hi']:.3g}]"
+    if key == "kendall_tau" and math.isfinite(m.get("kendall_p", math.nan)):
+        cell += f" p={m['kendall_p']:.2g}"
+    return cell
 
 
 def format_table(result: EvalResult) -> str:
-    """Console table: one row per method, front metrics with their intervals, then the HV ratios."""
-    keys = ("hypervolume", "inner_product", "controllability", "front_length", "sparsity", "spacing")
+    """Console table: one row per method, front metrics with their intervals (Kendall's τ with its p-value,
+    mpd = diversity), wrapped into blocks of at most ``TABLE_WIDTH`` characters (each repeating the method
+    column), then the reference and projection points and the HV ratios."""
     rows = [
-        [fr.label, str(len(fr.preferences)), *(_cell(result.metrics[fr.label], k) for k in keys)]
+        [fr.label, str(len(fr.preferences)), *(_cell(result.metrics[fr.label], k) for k in TABLE_COLUMNS)]
         for fr in result.plan.fronts
     ]
-    head = ["method", "points", *keys]
+    head = ["method", "points", *TABLE_COLUMNS.values()]
     widths = [max(len(r[i]) for r in [head, *rows]) + 2 for i in range(len(head))]
+    blocks, block = [], []  # column indices after the method column, greedily packed
+    for i in range(1, len(head)):
+        if block and widths[0] + sum(widths[j] for j in [*block, i]) > TABLE_WIDTH:
+            blocks.append(block)
+            block = []
+        block.append(i)
+    blocks.append(block)
 
-    def fmt(r):
-        return r[0].ljust(widths[0]) + "".join(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))
+    def fmt(r, cols):
+        return r[0].ljust(widths[0]) + "".join(r[j].rjust(widths[j]) for j in cols)
 
-    lines = [fmt(head), "-" * sum(widths), *map(fmt, rows)]
+    lines = []
+    for cols in blocks:
+        rule = "-" * (widths[0] + sum(widths[j] for j in cols))
+        lines += ([""] if lines else []) + [fmt(head, cols), rule, *(fmt(r, cols) for r in rows)]
     conf = f"{result.intervals.confidence:.0%}" if result.intervals else "95%"
     lines.append(
         f"[lo, hi]: {conf} paired bootstrap over {result.prompts} prompts; all metrics in z units against "
         f"reference point {[round(v, 4) for v in result.ref_point]}"
     )
+    lines.append(
+        "kendall_tau: Kendall τ-b (MOC Eqs. 24-25) between μ_1 and each point's angle around projection "
+        f"point {[round(v, 4) for v in _projection_point(result)]}; p=: its two-sided p-value (scipy)"
+    )
+    lines.append("mpd: mean pairwise Euclidean distance between a front's points (MOC diversity)")
     lines.append(result.plan.space.describe())
     for label, m in result.metrics.items():
         if "backbone_distance" in m:
@@ -90,7 +132,8 @@ def metric_columns(result: EvalResult) -> list[str]:
 
 def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
     """points.csv (method, μ, c, mean z and raw rewards with the z bounds, length), metrics.csv (one row per
-    method, intervals, the reference point), front.png (z units, error bars), samples.jsonl."""
+    method, intervals, the reference point, Kendall τ's projection point), front.png (z units, error bars),
+    samples.jsonl."""
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +174,8 @@ def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = N
     cols = metric_columns(result)
     with paths["metrics"].open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "points", *cols, *(f"ref_{o}" for o in objs), "prompts"])
+        refs = [*(f"ref_{o}" for o in objs), *(f"proj_ref_{o}" for o in objs)]
+        w.writerow(["method", "points", *cols, *refs, "prompts"])
         for fr in plan.fronts:
             m = result.metrics[fr.label]
             w.writerow(
@@ -140,6 +184,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = N
                     len(fr.preferences),
                     *(m.get(k, "") for k in cols),
                     *result.ref_point,
+                    *_projection_point(result),
                     result.prompts,
                 ]
             )
