@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from soupkitchen.generation import generate_batch
 from soupkitchen.ppo import core
 from soupkitchen.ppo.comm import LocalComm
 from soupkitchen.ppo.kl import make_kl_controller
+from soupkitchen.ppo.objectives import LinearObjective
 from soupkitchen.ppo.policy import PolicyWithValue
 
 
@@ -57,8 +58,9 @@ class Rollout:
     logprobs: torch.Tensor | None = None  # [B, T]
     ref_logprobs: torch.Tensor | None = None  # [B, T]
     values: torch.Tensor | None = None  # [B, T, K]
-    advantages: torch.Tensor | None = None  # [B, T] scalarised, whitened
+    advantages: torch.Tensor | None = None  # [B, T] scalarised, whitened ([B, T, K] for MOC: the objective's)
     returns: torch.Tensor | None = None  # [B, T, K]
+    extras: dict = field(default_factory=dict)  # per-row tensors of the policy objective (MOC: R̄ − p, ...)
 
 
 def reward_window(history: list[dict[str, float]], where: str, k: int = 4) -> dict[str, float]:
@@ -161,6 +163,7 @@ class MOPPOTrainer:
         comm=None,
         device: str | torch.device = "cpu",
         reward_scale: float = 1.0,
+        objective=None,
     ):
         disable_dropout_in_model(model)
         self.model = model
@@ -169,6 +172,7 @@ class MOPPOTrainer:
         self.rewards = rewards
         self.normalizer = rewards.normalizer
         self.scalarizer = scalarizer
+        self.objective = objective or LinearObjective(ppo.whiten_advantages)  # ``ppo.objectives``
         self.cfg = ppo
         self.gen = generation
         self.format_prompt = format_prompt or (lambda p: p)
@@ -200,7 +204,7 @@ class MOPPOTrainer:
         )
         return Rollout(g.sequences, g.attention_mask, g.response_mask, g.prompt_len, g.texts, g.has_eos)
 
-    def score(self, rollout: Rollout, contexts: list[str]) -> Rollout:
+    def score(self, rollout: Rollout, contexts: list[str], preferences=None) -> Rollout:
         """R_raw from every objective; the normaliser sees all workers' rows so all normalise alike."""
         raw = np.asarray(self.rewards.score(contexts, rollout.texts), dtype=np.float64)
         self.normalizer.update(self.comm.gather_rows(raw))
@@ -209,7 +213,8 @@ class MOPPOTrainer:
             rewards[~rollout.has_eos] = self.cfg.missing_eos_penalty
         rollout.raw_rewards = raw
         rollout.rewards = rewards
-        rollout.weights = self.scalarizer.weights(rewards).to(self.device)
+        prefs = None if preferences is None else torch.as_tensor(np.asarray(preferences), dtype=torch.float32)
+        rollout.weights = self.scalarizer.weights(rewards, prefs).to(self.device)
         return rollout
 
     def _forward(self, ids, attn, P, T, with_values=True):
@@ -240,13 +245,7 @@ class MOPPOTrainer:
         kl = rollout.logprobs - rollout.ref_logprobs
         token_r = core.token_rewards(rollout.rewards * self.reward_scale, kl, mask, self.kl.value)
         adv_k, rollout.returns = core.gae(token_r, rollout.values, mask, self.cfg.gamma, self.cfg.lam)
-        adv = (adv_k * rollout.weights.unsqueeze(1)).sum(-1)
-        if self.cfg.whiten_advantages:
-            count = self.comm.sum(mask.sum())
-            mean = self.comm.sum((adv * mask).sum()) / count
-            var = self.comm.sum((((adv - mean) * mask) ** 2).sum()) / count
-            adv = core.masked_whiten(adv, mask, mean, var)
-        rollout.advantages = adv
+        rollout.advantages = self.objective.advantages(rollout, adv_k, mask, self.comm)
         return rollout
 
     # ------------------------------------------------------------------------------------------ update
@@ -276,9 +275,7 @@ class MOPPOTrainer:
                 logits, logp, values = self._forward(
                     rollout.input_ids[idx], rollout.attention_mask[idx], P, T
                 )
-                pg, clipfrac = core.policy_loss(
-                    logp, rollout.logprobs[idx], rollout.advantages[idx], mask, self.cfg.cliprange
-                )
+                pg, clipfrac, extra = self.objective.loss(logp, rollout, idx, mask, self.cfg.cliprange)
                 vf = core.value_loss(
                     values, rollout.values[idx], rollout.returns[idx], mask, self.cfg.cliprange_value
                 )
@@ -291,6 +288,8 @@ class MOPPOTrainer:
                     sums["entropy"] += float(core.masked_mean(core.entropy_of(logits), mask))
                     sums["approx_kl"] += approx_kl
                     sums["grad_norm"] += grad_norm
+                    for k, v in extra.items():
+                        sums[k] = sums.get(k, 0.0) + v
                 n += 1
                 if self.cfg.target_kl is not None:
                     # Every rank decides on the same mean, so all leave the loop together (collectives).
@@ -302,11 +301,14 @@ class MOPPOTrainer:
         out["ppo_minibatches"] = float(n)
         return out
 
-    def step(self, prompts: list[str], contexts: list[str] | None = None) -> dict[str, float]:
-        """One PPO iteration on this worker's prompts; returns metrics averaged over all workers."""
+    def step(
+        self, prompts: list[str], contexts: list[str] | None = None, preferences=None
+    ) -> dict[str, float]:
+        """One PPO iteration on this worker's prompts (``preferences`` [B, K]: each row's p, for a per-sample
+        scalariser); returns metrics averaged over all workers."""
         t0 = time.perf_counter()
         rollout = self.generate(prompts)
-        rollout = self.score(rollout, contexts if contexts is not None else prompts)
+        rollout = self.score(rollout, contexts if contexts is not None else prompts, preferences)
         rollout = self.evaluate_rollout(rollout)
         stats = self.optimize(rollout)
         mask = rollout.response_mask.float()
@@ -321,7 +323,8 @@ class MOPPOTrainer:
         )
         tokens = float(self.comm.sum(mask.sum()))
         stats = {
-            k: (float(self.comm.mean(torch.tensor(v))) if k in _LOCAL_STATS else v) for k, v in stats.items()
+            k: (float(self.comm.mean(torch.tensor(v))) if k in _LOCAL_STATS or k.startswith("moc/") else v)
+            for k, v in stats.items()
         }
         self.kl.update(mean_kl, self.cfg.batch_size)
         self.global_step += 1
@@ -355,6 +358,7 @@ class MOPPOTrainer:
             "normalizer": self.normalizer.state_dict(),
             "generator": self.generator.get_state().tolist(),
             "reward_history": self.reward_history,
+            "objective": self.objective.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -363,6 +367,7 @@ class MOPPOTrainer:
         self.normalizer.load_state_dict(state["normalizer"])
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         self.reward_history = list(state.get("reward_history", []))
+        self.objective.load_state_dict(state.get("objective", {}))
 
 
 _LOCAL_STATS = {"policy_loss", "value_loss", "clipfrac", "entropy", "approx_kl"}
