@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import to_dict
 from soupkitchen.data import load_prompt_records
 from soupkitchen.manifests import write_manifest
 from soupkitchen.methods import Method
+from soupkitchen.moc import relabeled_rows, training_preferences
 from soupkitchen.training.specs import BackboneSpec, backbone_specs
 from soupkitchen.training.worker import build_trainer, prompt_schedule, save_checkpoint
 
-METHODS = tuple(Method)
+METHODS = (Method.BONE_SOUP, Method.REWARDED_SOUPS, Method.MORLHF)  # the PPO backbone methods
 
 
 def train_tiny(recipe, weights, steps, trainer=None, space=None):
@@ -62,6 +64,30 @@ def train_policies(recipe, out: Path) -> dict:
     }
 
 
+def train_moc(recipe, out: Path, steps: int = 4, space=None) -> Path:
+    """A MOC policy (``soupkitchen.moc``) after ``steps`` in-process PPO steps; its manifest under ``out``."""
+    records = load_prompt_records(recipe.data, "train")
+    trainer = build_trainer(recipe, [0.5, 0.5], moc=True, space=space)
+    P = training_preferences(recipe.moc, len(recipe.objectives))
+    while trainer.global_step < steps:
+        idx = prompt_schedule(len(records), recipe.ppo.batch_size, trainer.global_step, recipe.data.seed)
+        prompts, prefs = relabeled_rows(
+            [records[i].prompt for i in idx], P, len(idx), trainer.global_step, recipe.seed, recipe.moc.prompt
+        )
+        trainer.step(prompts, [records[i].context for i in idx], prefs)
+    save_checkpoint(
+        trainer, out / "policy-moc", {"backbone": to_dict(BackboneSpec("moc-0", [0.5, 0.5], True))}
+    )
+    entry = {
+        "name": "moc-0",
+        "weights": [0.5, 0.5],
+        "checkpoint": str(out / "policy-moc"),
+        "reward_normalizer": trainer.normalizer.state_dict(),
+    }
+    cond = Conditioning(kind="preference", prompt=recipe.moc.prompt)
+    return write_manifest(out / "moc" / "manifest.json", recipe, Method.MOC, [entry], trainer.space, cond)
+
+
 VALUE_FAST = {  # a few Eq. 16 steps: enough to learn the keyword rewards' direction on the tiny model
     "value_model.num_prompts": 6,
     "value_model.samples_per_prompt": 2,
@@ -82,13 +108,15 @@ def train_value_models(manifest: Path, out: Path):
     return out, path, metrics
 
 
-def write_soup(recipe, manifest: Path, values: Path | None, out: Path) -> Path:
-    """The Bone Soup bundle of ``manifest`` (γ 1), with the value models in ``values`` shipped along."""
+def write_soup(recipe, manifest: Path, values: Path | None, out: Path, moc: Path | None = None) -> Path:
+    """The Bone Soup bundle of ``manifest`` (γ 1), with the value models in ``values`` and the MOC policy of
+    the ``moc`` manifest shipped along."""
     from soupkitchen.comparison import write_bundles
     from soupkitchen.merging import attach_value_models
     from soupkitchen.value_models import load_value_models
 
-    path = write_bundles(recipe, {"bone_soup": manifest}, out, gamma=1.0)["bone_soup"]
+    manifests = {Method.BONE_SOUP: manifest} | ({Method.MOC: moc} if moc else {})
+    path = write_bundles(recipe, manifests, out, gamma=1.0)["bone_soup"]
     if values is not None:
         attach_value_models(path, load_value_models(values))
     return path

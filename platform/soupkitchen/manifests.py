@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import ConfigError, LoraConfig, Recipe, from_dict, read_format, to_dict
 from soupkitchen.config.schema import Schema
 from soupkitchen.methods import Method
@@ -48,6 +49,7 @@ class BackboneEntry(BaseModel):
     effective_weights: list[float] | None = None  # reward_space.effective_weights: what it really optimised
     reward_scale: float = 1.0  # factor on h = wᵀz during PPO (ppo.scale_rewards)
     resumed_from_step: int = 0
+    train_seconds: float | None = None  # wall time of its Ray Train fit in the launch that finished it
     rewards_first_steps: dict[str, float | None] = {}  # mean reward per objective, first 4 steps
     rewards_last_steps: dict[str, float | None] = {}  # ... and last 4
 
@@ -71,6 +73,13 @@ class BackboneManifest(BaseModel):
     objectives: list[str]
     reward_space: dict[str, Any]  # RewardSpace.to_dict(): every backbone trained in it
     backbones: list[BackboneEntry]
+    conditioning: Conditioning | None = None  # MOC / RiC: how μ enters the prompt of its one policy
+
+    @model_validator(mode="after")
+    def _conditioned_methods_say_how(self):
+        if self.method.conditioned and (self.conditioning is None or len(self.backbones) != 1):
+            raise ValueError(f"a {self.method} manifest holds one policy and its conditioning block")
+        return self
 
     @classmethod
     def read(cls, path: str | os.PathLike, flag: str = "manifest") -> BackboneManifest:
@@ -126,6 +135,7 @@ def write_manifest(
     method: Method | str,
     backbones: list[dict] | list[BackboneEntry],
     space: RewardSpace,
+    conditioning: Conditioning | None = None,
 ) -> Path:
     """The merging/evaluation job's input: backbones, weights, β, objectives and the run's reward space."""
     method = Method(method)
@@ -136,6 +146,7 @@ def write_manifest(
         objectives=recipe.objectives,
         reward_space=space.to_dict(),
         backbones=[b if isinstance(b, BackboneEntry) else BackboneEntry(**b) for b in backbones],
+        conditioning=conditioning,
     ).write(path)
 
 
@@ -155,6 +166,13 @@ class AdapterEntry(Schema):
 
 class ValueEntry(AdapterEntry):
     objective: str  # the objective this value model scores (MAGE-E)
+
+
+class ConditionedEntry(AdapterEntry):
+    """A conditioned policy shipped with the soup (MOC, RiC): decoded alone (c = 1), prompt relabeled."""
+
+    method: Literal["moc", "ric"]  # also its serving mode
+    conditioning: Conditioning
 
 
 class Normalization(Schema):
@@ -177,6 +195,7 @@ class BundleManifest(Schema):
     normalization: dict[str, Normalization]  # objective → the reward space's {mean, std}
     ref_point: list[float]  # the hypervolume reference point, one value per objective
     value_models: list[ValueEntry] = []  # MAGE-E value models, one per objective, in objective order
+    conditioned: list[ConditionedEntry] = []  # MOC / RiC policies served beside the soup (one per method)
     reward_space: dict[str, Any] | None = None  # RewardSpace.to_dict() of the run
     diagnostics: dict[str, Any] = {}  # facts about the trained backbones (effective_B...)
 
@@ -207,6 +226,14 @@ class BundleManifest(Schema):
             clash = sorted({v.name for v in self.value_models} & set(names))
             if clash:
                 raise ConfigError("value_models", f"names {clash} clash with adapters")
+        methods = [c.method for c in self.conditioned]
+        if len(set(methods)) != len(methods):
+            raise ConfigError("conditioned", f"holds at most one policy per method, got {methods}")
+        clash = sorted(
+            {c.name for c in self.conditioned} & (set(names) | {v.name for v in self.value_models})
+        )
+        if clash:
+            raise ConfigError("conditioned", f"names {clash} clash with other adapters")
         if self.beta is not None:
             try:
                 circulant_matrix(n, self.beta)

@@ -8,12 +8,15 @@ Training methods (``soup.method``, ``--method``; a manifest's ``method``):
     bone_soup       n backbones, backbone i trained on h_i = w_iᵀr with w_i = column i of the circulant B(β)
     rewarded_soups  n single-reward specialists, w_i = e_i
     morlhf          one policy per μ of ``soup.morlhf_preferences``, w = μ
+    moc             one policy conditioned on p in its prompt (Eq. 3), min-norm MOO PPO (``soupkitchen.moc``)
+    ric             one policy conditioned on desired rewards in its prompt, SFT on relabeled data (RiC)
 
 Decoding modes (one per request row; ``--modes``, the HTTP ``mode``):
     bone_soup, rewarded_soups   unguided decoding of the merged soup at c = (1+α)B(β)⁻¹μ or c = μ
     mage_i_m, mage_i            MAGE implicit guidance (merged / ensemble of backbones)
     mage_e_m, mage_e            MAGE explicit guidance (value models, merged / ensemble)
     mod                         MOD: Σ_i μ_i log π_i over the Rewarded-Soups specialists
+    moc, ric                    the conditioned policy alone (c = 1) on the prompt relabeled for μ
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ class Method(StrEnum):
     BONE_SOUP = "bone_soup"
     REWARDED_SOUPS = "rewarded_soups"
     MORLHF = "morlhf"
+    MOC = "moc"
+    RIC = "ric"
+
+    @property
+    def conditioned(self) -> bool:
+        """One policy that reads μ from its prompt (``conditioning``) instead of merging backbones."""
+        return self in (Method.MOC, Method.RIC)
 
 
 class Mode(StrEnum):
@@ -41,11 +51,18 @@ class Mode(StrEnum):
     MAGE_E_M = "mage_e_m"
     MAGE_E = "mage_e"
     MOD = "mod"
+    MOC = "moc"
+    RIC = "ric"
 
     @property
     def guided(self) -> bool:
         """A guided mode adds rows beyond the merged soup (``decoding``); the others decode it alone."""
-        return self not in (Mode.BONE_SOUP, Mode.REWARDED_SOUPS)
+        return self not in (Mode.BONE_SOUP, Mode.REWARDED_SOUPS, Mode.MOC, Mode.RIC)
+
+    @property
+    def conditioned(self) -> bool:
+        """Decodes a conditioned policy (MOC, RiC) on the relabeled prompt."""
+        return self in (Mode.MOC, Mode.RIC)
 
     @property
     def implicit(self) -> bool:

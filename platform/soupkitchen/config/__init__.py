@@ -6,7 +6,7 @@ raise :class:`ConfigError` naming the dotted key path and what is allowed. Comma
 same paths: ``--ppo.kl_coef 0.1`` or ``--rewards.0.params.target 40``.
 
     schema.py      the strict pydantic base (``Schema``), ValidationError → ConfigError, from_dict / to_dict
-    model.py, rewards.py, data.py, training.py, evaluation.py, tracking.py
+    model.py, rewards.py, data.py, training.py, evaluation.py, tracking.py, moc.py
                    the sections, each with its ranges (``Field(ge=..., lt=...)``) and its own rules
     recipe.py      ``Recipe``: the sections and the rules that span them (n objectives vs β, ...)
     loading.py     recipe files (``extends:``), dotted overrides, CLI overrides, JSON manifests
@@ -25,9 +25,11 @@ from soupkitchen.config.loading import (
     read_format,
     resolve_recipe_path,
 )
+from soupkitchen.config.moc import MOCConfig, PreferencePromptConfig
 from soupkitchen.config.model import LoraConfig, ModelConfig, TinyModelConfig
 from soupkitchen.config.recipe import Recipe
 from soupkitchen.config.rewards import NormalizationConfig, RewardConfig
+from soupkitchen.config.ric import RiCConfig
 from soupkitchen.config.schema import Schema, _num, config_error, from_dict, replace, to_dict
 from soupkitchen.config.tracking import TrackingConfig
 from soupkitchen.config.training import (
@@ -49,12 +51,15 @@ __all__ = [
     "EvalConfig",
     "GenerationConfig",
     "LoraConfig",
+    "MOCConfig",
     "ModelConfig",
     "NormalizationConfig",
     "PPOConfig",
+    "PreferencePromptConfig",
     "Recipe",
     "RewardConfig",
     "RewardSpaceConfig",
+    "RiCConfig",
     "SFTConfig",
     "Schema",
     "SearchConfig",

@@ -27,6 +27,12 @@ class EvalConfig(Schema):
     greedy: bool = True
     samples_per_prompt: int = Field(1, ge=1)  # sampled responses per prompt and μ (greedy: 1)
     alphas: list[float] = Field(default_factory=lambda: [0.0, 0.2])  # Bone Soup α compared (0 = none)
+    # Kendall τ's angle is measured around this point (MOC Listing 1 used (−2, −2)); None: ``ref_point``
+    projection_ref: list[float] | None = None
+    # MOC §3.3 generalisation: groups of unseen preferences w1 = k/100, k ~ U{1..100} (0: none; paper: 4 of 5)
+    unseen_groups: int = Field(0, ge=0)
+    unseen_group_size: int = Field(5, ge=2)
+    unseen_seed: int = 0  # draws the unseen groups (the same for every method)
 
     @model_validator(mode="after")
     def _rules(self):

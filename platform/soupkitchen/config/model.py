@@ -18,6 +18,9 @@ class TinyModelConfig(Schema):
     n_embd: int = Field(64, ge=8, le=4096)
     n_positions: int = Field(256, ge=16, le=8192)
     seed: int = 0
+    # digits and <R1>, <R2>, ... in the vocabulary, so a MOC/RiC relabeled prompt (Eq. 3) is readable;
+    # off by default: a larger vocabulary is another random model
+    preference_tokens: bool = False
 
 
 class ModelConfig(Schema):

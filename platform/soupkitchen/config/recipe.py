@@ -13,8 +13,10 @@ from pydantic import Field, model_validator
 
 from soupkitchen.config.data import DataConfig, GenerationConfig
 from soupkitchen.config.evaluation import DecodingConfig, EvalConfig, SearchConfig, ValueModelConfig
+from soupkitchen.config.moc import MOCConfig
 from soupkitchen.config.model import LoraConfig, ModelConfig
 from soupkitchen.config.rewards import RewardConfig
+from soupkitchen.config.ric import RiCConfig
 from soupkitchen.config.schema import Schema
 from soupkitchen.config.tracking import TrackingConfig
 from soupkitchen.config.training import (
@@ -52,6 +54,8 @@ class Recipe(Schema):
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     value_model: ValueModelConfig = Field(default_factory=ValueModelConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    moc: MOCConfig = Field(default_factory=MOCConfig)
+    ric: RiCConfig = Field(default_factory=RiCConfig)
 
     @property
     def objectives(self) -> list[str]:
@@ -92,9 +96,20 @@ class Recipe(Schema):
                     f"soup.morlhf_preferences.{i}",
                     f"has {len(mu)} entries but there are {n} objectives {self.objectives}",
                 )
-        ref = self.eval.ref_point
-        if ref is not None and len(ref) != n:
-            raise ConfigError("eval.ref_point", f"has {len(ref)} entries, need one per objective ({n})")
+        for i, mu in enumerate(self.moc.preferences or []):
+            if len(mu) != n:
+                raise ConfigError(
+                    f"moc.preferences.{i}",
+                    f"has {len(mu)} entries but there are {n} objectives {self.objectives}",
+                )
+        for key in ("ref_point", "projection_ref"):
+            ref = getattr(self.eval, key)
+            if ref is not None and len(ref) != n:
+                raise ConfigError(f"eval.{key}", f"has {len(ref)} entries, need one per objective ({n})")
+        if self.eval.unseen_groups and n != 2:
+            raise ConfigError(
+                "eval.unseen_groups", f"draws w1 = k/100 for two objectives, the recipe has {n}"
+            )
         return self
 
     @model_validator(mode="after")

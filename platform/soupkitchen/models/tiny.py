@@ -42,19 +42,26 @@ again only just too well together away back
 TINY_VOCAB: list[str] = TINY_WARM_WORDS + TINY_CALM_WORDS + _COMMON_WORDS.split()
 
 TINY_PUNCTUATION: list[str] = [".", ",", "?", "!"]
+# ``tiny.preference_tokens``: what a relabeled prompt (``<R1> 0.30 <R2> 0.70 ...``) splits into
+TINY_PREFERENCE_TOKENS: list[str] = ["<", ">", "r", "-", *map(str, range(10))]
 
 
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over ``TINY_SPECIAL_TOKENS + TINY_VOCAB + TINY_PUNCTUATION``.
+def build_tiny_tokenizer(preference_tokens: bool = False) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``TINY_SPECIAL_TOKENS + TINY_VOCAB + TINY_PUNCTUATION`` (+
+    ``TINY_PREFERENCE_TOKENS``, with numbers split into single digits, when ``preference_tokens``).
 
     Text is lower-cased and split on whitespace and punctuation; unknown words map to ``<unk>``. No BOS/EOS
     is added on encode. ``<pad>`` is distinct from ``<eos>``; padding (and truncation) is on the left so a
     batch of prompts ends where generation starts.
     """
     tokens = TINY_SPECIAL_TOKENS + TINY_VOCAB + TINY_PUNCTUATION
+    split = pre_tokenizers.Whitespace()
+    if preference_tokens:
+        tokens = tokens + TINY_PREFERENCE_TOKENS
+        split = pre_tokenizers.Sequence([split, pre_tokenizers.Digits(individual_digits=True)])
     tok = Tokenizer(WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = split
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,
@@ -96,6 +103,6 @@ def build_tiny_model(
 
 def build_tiny(cfg: TinyModelConfig) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     """``(model, tokenizer)`` for ``model.source: tiny``."""
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(cfg.preference_tokens)
     tokenizer.model_max_length = cfg.n_positions
     return build_tiny_model(cfg, tokenizer), tokenizer

@@ -263,7 +263,6 @@ def base_and_lora_config(recipe: Recipe, device: str):
     and computes the reference policy with the adapter disabled (as our engine does)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-
     model, tokenizer = load_base_model(recipe.model, device=device)
     probe = attach_lora(model, recipe.lora, seed=recipe.seed)
     if isinstance(probe.get_output_embeddings(), BaseTunerLayer):
@@ -351,7 +350,6 @@ def build_grpo_trainer(
     (e.g. ``shuffle_dataset=False``). ``on_step`` receives each rollout's stats (see :class:`RolloutMeter`).
     """
     from trl import GRPOTrainer
-
 
     if len(spec.weights) != len(recipe.objectives):
         raise ValueError(f"backbone {spec.name} has {len(spec.weights)} weights for {recipe.objectives}")

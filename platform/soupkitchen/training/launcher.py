@@ -15,6 +15,7 @@ objects (they pickle); nothing is re-parsed on the way.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import ray
@@ -23,6 +24,7 @@ from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import ConfigError, Recipe
 from soupkitchen.data import load_prompt_records
 from soupkitchen.manifests import BackboneEntry, write_manifest
@@ -57,6 +59,8 @@ def preflight(recipe: Recipe, method: Method) -> list[BackboneSpec]:
     if recipe.model.source == "gguf":
         gguf_path(recipe.model)
     if recipe.ppo.algorithm == "grpo":
+        if method is Method.MOC:
+            raise ConfigError("ppo.algorithm", "MOC trains with its own PPO objective: use ppo.algorithm ppo")
         grpo_plan(recipe)
     if (
         recipe.model.source == "hf"
@@ -93,7 +97,9 @@ def backbone_trial(config: dict) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
+    start = time.perf_counter()
     result = trainer.fit()
+    seconds = time.perf_counter() - start
     if result.checkpoint is None:
         raise RuntimeError(f"backbone {spec.name} finished without a checkpoint")
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
@@ -105,6 +111,7 @@ def backbone_trial(config: dict) -> None:
             "checkpoint_uri": _uri(result.checkpoint),
             "backbone": spec.name,
             "normalizer_json": json.dumps(normalizer),
+            "train_seconds": seconds,
         }
     )
 
@@ -141,9 +148,7 @@ def train_backbones(
             "backbone": tune.grid_search(specs),
         }
         tuner = tune.Tuner(
-            tune.with_resources(
-                backbone_trial, {"CPU": 0, "memory": 1}
-            ),  # trial waits on its trainer
+            tune.with_resources(backbone_trial, {"CPU": 0, "memory": 1}),  # trial waits on its trainer
             param_space=space,
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_backbones(recipe, len(specs))),
             run_config=tune.RunConfig(name=f"{run_name}-launcher", storage_path=storage),
@@ -199,10 +204,12 @@ def collect_manifest(
                 effective_weights=effective_weights(reward_space, [s.weights], [normalizer])[0].tolist(),
                 reward_scale=reward_space.reward_scale(recipe, s.weights),
                 resumed_from_step=int(m.get("resumed_from_step", 0)),
+                train_seconds=m.get("train_seconds"),
                 rewards_first_steps={o: m.get(f"start/reward/{o}") for o in recipe.objectives},
                 rewards_last_steps={o: m.get(f"end/reward/{o}") for o in recipe.objectives},
             )
         )
+    conditioning = Conditioning(kind="preference", prompt=recipe.moc.prompt) if method is Method.MOC else None
     return write_manifest(
-        run_dir(storage, run_name) / "manifest.json", recipe, method, backbones, reward_space
+        run_dir(storage, run_name) / "manifest.json", recipe, method, backbones, reward_space, conditioning
     )

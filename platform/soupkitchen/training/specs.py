@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from soupkitchen.config import Recipe
+from soupkitchen.config import ConfigError, Recipe
 from soupkitchen.methods import Method
 from soupkitchen.preferences import backbone_weights
 from soupkitchen.reward_space import check_shared_space
@@ -14,10 +14,12 @@ from soupkitchen.reward_space import check_shared_space
 
 @dataclass
 class BackboneSpec:
-    """One policy to train: its name and scalarisation weights w."""
+    """One policy to train: its name and scalarisation weights w (MOC: the centre of the simplex, used only
+    for the reward scale; each row's own p scalarises it)."""
 
     name: str
     weights: list[float]
+    moc: bool = False  # one preference-conditioned policy trained with MOC's objective (``soupkitchen.moc``)
 
 
 def backbone_specs(recipe: Recipe, method: Method | str | None = None) -> list[BackboneSpec]:
@@ -28,6 +30,10 @@ def backbone_specs(recipe: Recipe, method: Method | str | None = None) -> list[B
         W = backbone_weights(n, recipe.soup.beta)
     elif method is Method.REWARDED_SOUPS:
         W = backbone_weights(n, None)
+    elif method is Method.MOC:
+        return [BackboneSpec(f"{method}-0", [round(1.0 / n, 12)] * n, moc=True)]
+    elif method is Method.RIC:
+        raise ConfigError("--method", "ric is trained by supervised fine-tuning: use jobs/train_ric.py")
     else:
         W = np.asarray(recipe.soup.morlhf_preferences, dtype=np.float64)
     check_shared_space(recipe, W.tolist())

@@ -24,10 +24,11 @@ import torch
 from soupkitchen.checkpoint import load_training_checkpoint, save_training_checkpoint
 from soupkitchen.config import ConfigError, Recipe
 from soupkitchen.data import load_prompt_records
+from soupkitchen.moc import MOCObjective, relabeled_rows, training_preferences
 from soupkitchen.models import format_prompt, load_policy, resolve_device
 from soupkitchen.ppo.comm import LocalComm, TorchDistComm
 from soupkitchen.ppo.policy import PolicyWithValue
-from soupkitchen.ppo.scalarization import FixedWeights
+from soupkitchen.ppo.scalarization import FixedWeights, PerSamplePreference
 from soupkitchen.ppo.trainer import DeepSpeedOptimizer, MOPPOTrainer, TorchOptimizer, reward_window
 from soupkitchen.reward_space import RewardSpace, calibrate
 from soupkitchen.rewards import build_rewards
@@ -68,11 +69,19 @@ def deepspeed_config(recipe: Recipe, world_size: int) -> dict:
 
 
 def build_trainer(
-    recipe: Recipe, weights, *, device="cpu", comm=None, use_deepspeed=False, restore=None, space=None
+    recipe: Recipe,
+    weights,
+    *,
+    device="cpu",
+    comm=None,
+    use_deepspeed=False,
+    restore=None,
+    space=None,
+    moc: bool = False,
 ):
     """The PPO trainer of one backbone on this process. ``restore`` = a checkpoint directory; ``space`` = the
     run's ``RewardSpace`` (None: calibrated here from this policy's W0, the same deterministic rollouts a
-    launcher would make)."""
+    launcher would make); ``moc``: MOC's per-sample preferences and min-norm objective (``recipe.moc``)."""
 
     comm = comm or LocalComm()
     torch.manual_seed(recipe.seed)
@@ -123,7 +132,7 @@ def build_trainer(
         model,
         tokenizer,
         rewards,
-        FixedWeights(weights),
+        PerSamplePreference() if moc else FixedWeights(weights),
         recipe.ppo,
         recipe.generation,
         format_prompt=lambda p: format_prompt(tokenizer, p, recipe.model.use_chat_template),
@@ -132,6 +141,9 @@ def build_trainer(
         comm=comm,
         device=device,
         reward_scale=space.reward_scale(recipe, weights),
+        objective=MOCObjective(recipe.moc, len(recipe.objectives), recipe.ppo.whiten_advantages)
+        if moc
+        else None,
     )
     trainer.space = space
     if state is not None:
@@ -156,7 +168,6 @@ def save_checkpoint(trainer, directory, extra: dict) -> Path:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: PPO for one backbone (``config`` = {recipe, backbone: {name, weights}})."""
-
 
     recipe: Recipe = config["recipe"]  # validated by the launcher; travels as the object
     spec: BackboneSpec = config["backbone"]
@@ -184,6 +195,7 @@ def train_loop_per_worker(config: dict) -> None:
             use_deepspeed=recipe.distributed.zero_stage > 0 or world > 1,  # stage 0 = DDP all-reduce
             restore=ckpt_dir,
             space=space,
+            moc=spec.moc,
         )
     resumed_from = trainer.global_step  # reported with every result: the log can drop lines, results cannot
     if rank == 0 and resumed_from:
@@ -191,10 +203,22 @@ def train_loop_per_worker(config: dict) -> None:
     records = load_prompt_records(recipe.data, "train")
     local = recipe.ppo.batch_size // world
     logger = BackboneLogger(recipe, spec, config.get("parent_run_id")) if rank == 0 else None
+    P = training_preferences(recipe.moc, len(recipe.objectives)) if spec.moc else None
     while trainer.global_step < recipe.ppo.steps:
         idx = prompt_schedule(len(records), recipe.ppo.batch_size, trainer.global_step, recipe.data.seed)
         mine = [records[i] for i in idx[rank * local : (rank + 1) * local]]
-        stats = trainer.step([r.prompt for r in mine], [r.context for r in mine])
+        prompts, prefs = [r.prompt for r in mine], None
+        if spec.moc:  # a preference per row, written into its prompt
+            prompts, prefs = relabeled_rows(
+                prompts,
+                P,
+                recipe.ppo.batch_size,
+                trainer.global_step,
+                recipe.seed,
+                recipe.moc.prompt,
+                rank * local,
+            )
+        stats = trainer.step(prompts, [r.context for r in mine], prefs)
         if logger:
             logger.log_step(stats)
             say(progress_line(spec.name, stats, recipe))
@@ -224,7 +248,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run_id: str | None) -> None:
     """``ppo.algorithm: grpo``: TRL's GRPOTrainer with one reward function per objective, weights w."""
-
 
     logger = BackboneLogger(recipe, spec, parent_run_id)
 
