@@ -1,14 +1,15 @@
-"""Bone Soup vs Rewarded Soups vs MORLHF vs SFT in one command: train what each needs, then compare fronts.
+"""Bone Soup vs Rewarded Soups vs MORLHF vs MOC vs RiC vs SFT in one command: train, then compare fronts.
 
     python jobs/compare.py --recipe demo                                    # local Ray
     ray job submit --working-dir . -- python jobs/compare.py --recipe tiny --run-name tiny-compare
 
 1. Every policy the methods need is trained once, all in parallel (one Tune trial per policy, as in
    train_backbones.py): Bone Soup's backbones (w = columns of B(β)), Rewarded Soups' (w = e_i) and
-   MORLHF's (w = μ for each μ of ``soup.morlhf_preferences``); a w that two methods need is one PPO run,
-   and every policy gets the same PPO budget.
-2. One backbones manifest per method (``<out>/<method>/manifest.json``) and a soup bundle for Bone Soup
-   and Rewarded Soups (``<out>/bundles/<method>``), ready for serving.
+   MORLHF's (w = μ for each μ of ``soup.morlhf_preferences``) and MOC's one preference-conditioned policy;
+   a w that two methods need is one PPO run, and every policy gets the same PPO budget. RiC (supervised)
+   then trains in the same reward space.
+2. One manifest per method (``<out>/<method>/manifest.json``) and a soup bundle for Bone Soup and
+   Rewarded Soups (``<out>/bundles/<method>``, carrying the MOC / RiC policies), ready for serving.
 3. The evaluation of all of them: table, points.csv, metrics.csv, front.png, MLflow (``<out>/eval``).
 Re-running with the same --run-name resumes unfinished policies and reuses finished ones.
 See ``soupkitchen.comparison``.
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print("manifests: " + ", ".join(f"{m}={p}" for m, p in done.manifests.items()))
     print("bundles: " + ", ".join(f"{m}={p}" for m, p in done.bundles.items()))
     print("evaluation: " + ", ".join(str(p) for p in done.files.values()))
+    if "moc_vs_backbone" in done.costs:
+        print(f"training wall time, MOC / one PPO backbone: {done.costs['moc_vs_backbone']:.2f}")
     print(f"run directory: {done.out}")
     return 0
 

@@ -87,10 +87,20 @@ def tiny_value_models(tiny_policies, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_soup(tiny_policies, tiny_value_models, tmp_path_factory) -> Path:
-    """The tiny Bone Soup bundle with its value models: what the serving tests deploy."""
+def tiny_moc(tiny_policies, tmp_path_factory) -> Path:
+    """A tiny MOC policy (4 PPO steps in the tiny policies' reward space): its manifest."""
+    from tests.tiny_training import train_moc
+
+    recipe, trained = tiny_policies
+    space = next(iter(trained["trainers"].values())).space
+    return train_moc(recipe, tmp_path_factory.mktemp("tiny-moc"), space=space)
+
+
+@pytest.fixture(scope="session")
+def tiny_soup(tiny_policies, tiny_value_models, tiny_moc, tmp_path_factory) -> Path:
+    """The tiny Bone Soup bundle with its value models and a MOC policy: what the serving tests deploy."""
     from tests.tiny_training import write_soup
 
     recipe, trained = tiny_policies
     out = tmp_path_factory.mktemp("soup")
-    return write_soup(recipe, trained["manifests"]["bone_soup"], tiny_value_models[0], out)
+    return write_soup(recipe, trained["manifests"]["bone_soup"], tiny_value_models[0], out, tiny_moc)

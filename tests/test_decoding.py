@@ -9,6 +9,7 @@ model, dense ``materialize`` merges, and plain forward passes.
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -344,13 +345,22 @@ def test_a_request_is_validated_once(stack, monkeypatch):
     r, mu = stack.roles, [0.3, 0.7]
     for mode in Mode:
         calls.clear()
-        plan = r.plan(mode, mu, 1.0, ensemble_weights="bone_soup") if not mode.explicit else None
-        if plan is None:
+        if mode.explicit or mode.conditioned:  # no value models / MOC policy in this stack
             continue
+        plan = r.plan(mode, mu, 1.0, ensemble_weights="bone_soup")
         assert len(calls) == 1, mode
         calls.clear()
         typed = r.plan_for(RowRequest(mode, Preference((0.3, 0.7)), 1.0), ensemble_weights="bone_soup")
         assert calls == [] and typed == plan, mode
+
+
+def test_conditioned_modes_decode_their_policy_alone(stack):
+    """moc / ric: the conditioned policy at c = 1 (its prompt carries μ); without one, a ConfigError."""
+    roles = dataclasses.replace(stack.roles, conditioned={"moc": 3})
+    plan = roles.plan(Mode.MOC, [0.3, 0.7], 1.0)
+    assert plan.width == 1 and list(plan.components[0].c) == [0.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ConfigError, match="ric"):
+        roles.plan(Mode.RIC, [0.3, 0.7], 0.0)
 
 
 def test_unguided_modes_decode_the_merged_soup(stack):

@@ -165,3 +165,52 @@ def test_no_method_and_bad_alphas_are_config_errors(capsys):
     assert "give at least one of" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"eval.alphas.1: α must be in \[0, 1\]"):
         load_recipe("tiny", {"eval.alphas": [0.0, -0.1]})
+
+
+def test_moc_front_relabels_each_point_and_unseen_groups_get_their_own_fronts(sources, tiny_moc):
+    """--moc: the one policy at c = e_moc for every μ of the grid, each row's prompt relabeled for its μ;
+    ``eval.unseen_groups``: every method with inference-time control again at each group's w1 = k/100, and
+    HV ratios only between fronts on the same preferences. τ and MPD carry intervals."""
+    from soupkitchen.evaluation.plan import unseen_groups
+    from soupkitchen.evaluation.run import hypervolume_pairs
+
+    _, src = sources
+    recipe = load_recipe(
+        "tiny",
+        {"eval.unseen_groups": 2, "eval.unseen_group_size": 3, "eval.num_prompts": 2, "eval.alphas": [0.0]},
+    )
+    chosen = {"bone_soup": src["bone_soup"], "moc": read_source(tiny_moc, "moc")}
+    plan = build_plan(recipe, chosen)
+    labels = [f.label for f in plan.fronts]
+    assert labels == [
+        "bone_soup",
+        "moc",
+        "sft",
+        "bone_soup@unseen1",
+        "moc@unseen1",
+        "bone_soup@unseen2",
+        "moc@unseen2",
+    ]
+    groups = unseen_groups(recipe)
+    assert len(groups) == 2 and all(g.shape == (3, 2) for g in groups)
+    assert all(
+        np.all(np.diff(g[:, 0]) > 0) and np.allclose(g[:, 0] * 100, np.round(g[:, 0] * 100)) for g in groups
+    )
+    moc = plan.fronts[1]
+    assert np.all(moc.coefficients[:, 2] == 1.0) and not moc.coefficients[:, :2].any()
+    assert moc.prompt("hi", 3) == "<R1> 0.30 <R2> 0.70 hi"
+    np.testing.assert_allclose(plan.fronts[4].preferences, groups[0])
+    pairs = hypervolume_pairs(plan.fronts)
+    assert ("moc", "bone_soup") in pairs and ("moc@unseen1", "bone_soup@unseen1") in pairs
+    assert not any(a.endswith("unseen1") != b.endswith("unseen1") for a, b in pairs)
+    result = evaluate(plan, recipe, progress=False)
+    m = result.metrics["moc@unseen2"]
+    assert {
+        "kendall_tau",
+        "kendall_tau_lo",
+        "kendall_p",
+        "diversity_lo",
+        "hv_ratio_vs_bone_soup@unseen2",
+    } <= set(m)
+    shown = [s for s in result.samples if s["method"] == "moc"]
+    assert shown and all(s["prompt"].startswith("<R1> ") for s in shown)

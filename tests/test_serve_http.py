@@ -93,6 +93,7 @@ def test_models_lists_the_soup_and_every_mode_answers(endpoint):
         "mage_e_m",
         "mage_e",
         "mod",
+        "moc",
     }
     for mode in endpoint["modes"]:
         r = post("/v1/completions", good(mode=mode, preference=[0.3, 0.7]))
@@ -190,7 +191,7 @@ def test_mixed_batch_equals_each_request_alone(endpoint):
     bodies = [
         good(prompt=f"prompt {i}", preference=[i / 7, 1 - i / 7], mode=m, max_tokens=8)
         for i, m in enumerate(
-            ["bone_soup", "mage_i_m", "mod", "mage_e_m", "rewarded_soups", "bone_soup", "mage_e", "mage_i"]
+            ["bone_soup", "mage_i_m", "mod", "moc", "rewarded_soups", "bone_soup", "mage_e", "moc"]
         )
     ]
     with ThreadPoolExecutor(len(bodies)) as pool:

@@ -282,6 +282,39 @@ def test_engine_plans_rewarded_soups_at_c_mu_and_bone_soup_at_its_inverse(engine
     assert bs.components[0].c[:2] == pytest.approx(tuple(want)) and mage.components[0].c == bs.components[0].c
 
 
+def test_engine_serves_moc_on_the_relabeled_prompt_in_the_same_batch(engine):
+    """mode moc: the bundle's MOC policy alone (c = e_moc) on the prompt relabeled for μ (Eq. 3), the last
+    user message of a chat; decoded in one batch with soup rows, each row as it would be alone."""
+    info = engine.info
+    assert "moc" in info.modes and "ric" not in info.modes
+    body = {
+        "prompt": "hello there",
+        "preference": [0.3, 0.7],
+        "mode": "moc",
+        "temperature": 0,
+        "max_tokens": 6,
+    }
+    moc = parse_request(body, "completion", info)
+    assert engine.format(moc) == "<R1> 0.30 <R2> 0.70 hello there"
+    chat = parse_request(
+        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "mode": "moc"},
+        "chat",
+        info,
+    )
+    assert "user: a\nuser: <R1> 0.50 <R2> 0.50 b\n" in engine.format(chat)
+    plan = engine.plan(moc)
+    j = engine.bundle.conditioned_indices["moc"]
+    assert plan.width == 1 and plan.components[0].c == tuple(float(i == j) for i in range(engine.m))
+    soup = parse_request({**body, "mode": "bone_soup"}, "completion", info)
+    together, _ = _run(engine, [moc, soup, moc])
+    assert together == [_run(engine, [r])[0][0] for r in (moc, soup, moc)]
+    with pytest.raises(APIError) as err:
+        parse_request({"messages": [{"role": "system", "content": "x"}], "mode": "moc"}, "chat", info)
+    assert err.value.status == 400 and err.value.param == "messages"
+    with pytest.raises(APIError, match="carries no ric policy"):
+        parse_request({**body, "mode": "ric"}, "completion", info)
+
+
 def test_engine_refuses_prompts_over_the_context(engine):
     req = parse_request({"prompt": "word " * 200, "max_tokens": 8}, "completion", engine.info)
     with pytest.raises(APIError) as err:

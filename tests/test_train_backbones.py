@@ -175,8 +175,10 @@ def test_two_workers_under_zero3_split_the_batch_and_resume_with_their_optimizer
 
 @pytest.mark.slow
 def test_compare_trains_each_distinct_policy_once_and_evaluates_all_methods(ray_head, tmp_path):
-    """jobs/compare.py through `ray job submit`: BS, RS and MORLHF policies (5 distinct w on tiny) train in
-    parallel, one manifest per method and a bundle per soup are written, and the fronts are evaluated."""
+    """jobs/compare.py through `ray job submit`: BS, RS and MORLHF policies (4 distinct w on tiny: MORLHF at
+    μ = e_i is RS) and MOC's one policy train in parallel, RiC in the same reward space; one manifest per
+    method and a bundle per soup (carrying MOC and RiC) are written, and every front is evaluated, unseen
+    preferences included."""
     storage, run = tmp_path / "runs", "tiny-cmp"
     out = tmp_path / "out"
     job = ray_head["ray"](
@@ -191,7 +193,7 @@ def test_compare_trains_each_distinct_policy_once_and_evaluates_all_methods(ray_
         "python",
         "jobs/compare.py",
         "--recipe",
-        "tiny",
+        "tiny-moc",
         "--run-name",
         run,
         "--storage",
@@ -204,39 +206,71 @@ def test_compare_trains_each_distinct_policy_once_and_evaluates_all_methods(ray_
         "4",
         "--eval.samples_per_prompt",
         "2",
+        "--eval.unseen_groups",
+        "1",
+        "--eval.unseen_group_size",
+        "3",
+        "--ric.max_steps",
+        "10",
+        "--ric.num_prompts",
+        "8",
+        "--ric.samples_per_prompt",
+        "2",
+        "--soup.morlhf_preferences",
+        "[[1.0, 0.0], [0.0, 1.0]]",  # the RS specialists: 4 distinct PPO policies + MOC (2 CPUs)
         env=ray_head["env"],
     )
     job_id = re.search(r"raysubmit_\w+", job.stdout + job.stderr).group(0)
     status, log = _wait(ray_head, job_id), _logs(ray_head, job_id)
     assert status == "SUCCEEDED", log[-4000:]
     union = json.loads((storage / run / "manifest.json").read_text())
-    assert [b["weights"] for b in union["backbones"]] == [
-        [1.0, 0.0],
-        [0.7, 0.3],
-        [0.5, 0.5],
-        [0.3, 0.7],
-        [0.0, 1.0],
+    assert [(b["name"], b["weights"]) for b in union["backbones"]] == [
+        ("morlhf-0", [1.0, 0.0]),
+        ("morlhf-1", [0.7, 0.3]),
+        ("morlhf-2", [0.3, 0.7]),
+        ("morlhf-3", [0.0, 1.0]),
+        ("moc-0", [0.5, 0.5]),  # its own policy (w: only its reward scale)
     ]
     docs = {
         m: json.loads((out / m / "manifest.json").read_text())
-        for m in ("bone_soup", "rewarded_soups", "morlhf")
+        for m in ("bone_soup", "rewarded_soups", "morlhf", "moc", "ric")
     }
+    assert (
+        docs["moc"]["conditioning"]["kind"] == "preference"
+        and docs["ric"]["conditioning"]["kind"] == "rewards"
+    )
+    assert docs["ric"]["reward_space"] == union["reward_space"]  # RiC trained in the run's one space
+    ric, moc = docs.pop("ric"), docs.pop("moc")
+    assert moc["backbones"][0]["checkpoint"].rsplit("/", 2)[-2] == "tiny-cmp-moc-0"
     assert docs["bone_soup"]["beta"] == 0.7 and docs["rewarded_soups"]["beta"] is None
-    shared = {tuple(b["weights"]): b["checkpoint"] for b in union["backbones"]}
+    shared = shared_of(union)
     for doc in docs.values():
         assert all(b["checkpoint"] == shared[tuple(b["weights"])] for b in doc["backbones"])
     from soupkitchen.merging import load_bundle
 
-    assert load_bundle(out / "bundles" / "bone_soup").beta == 0.7
+    bundle = load_bundle(out / "bundles" / "bone_soup")
+    assert bundle.beta == 0.7 and [c.method for c in bundle.conditioned] == ["moc", "ric"]
     assert load_bundle(out / "bundles" / "rewarded_soups").beta is None
     with (out / "eval" / "metrics.csv").open() as f:
         methods = [line.split(",")[0] for line in f][1:]
-    assert methods == ["bone_soup", "bone_soup_a0.2", "rewarded_soups", "morlhf", "sft"]
-    assert "hypervolume ratio bone_soup/rewarded_soups" in log
+    grid = ["bone_soup", "bone_soup_a0.2", "rewarded_soups", "morlhf", "moc", "ric", "sft"]
+    unseen = [
+        "bone_soup@unseen1",
+        "bone_soup_a0.2@unseen1",
+        "rewarded_soups@unseen1",
+        "moc@unseen1",
+        "ric@unseen1",
+    ]
+    assert methods == grid + unseen
+    assert "hypervolume ratio bone_soup/rewarded_soups" in log and "hypervolume ratio moc/bone_soup" in log
+    assert "training wall time, MOC / one PPO backbone" in log and ric["backbones"][0]["name"] == "ric-0"
     import mlflow
 
     client = mlflow.MlflowClient()
-    for name in ("soup-tiny", "soup-tiny-rs"):  # bundles registered, loadable as models:/<name>@candidate
+    for name in (
+        "soup-tiny-moc",
+        "soup-tiny-moc-rs",
+    ):  # bundles registered, loadable as models:/<name>@candidate
         assert client.get_model_version_by_alias(name, "candidate").version
 
 
@@ -246,3 +280,10 @@ def test_concurrent_backbones_all_at_once_unless_the_recipe_caps_them():
     assert concurrent_backbones(load_recipe("tiny"), 5) == 5
     capped = load_recipe("tiny", {"distributed.max_concurrent_backbones": 2})
     assert concurrent_backbones(capped, 5) == 2 and concurrent_backbones(capped, 1) == 1
+
+
+def shared_of(union: dict) -> dict:
+    """``{w: checkpoint}`` of the union run's PPO backbones (MOC's policy left out)."""
+    return {
+        tuple(b["weights"]): b["checkpoint"] for b in union["backbones"] if b["name"].startswith("morlhf")
+    }

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import Recipe, from_dict, to_dict
 from soupkitchen.evaluation import EvalResult, evaluate_front
 from soupkitchen.manifests import BackboneManifest, write_manifest
@@ -22,6 +23,7 @@ from soupkitchen.methods import SOUPS, Method, Mode
 from soupkitchen.reward_space import RewardSpace, effective_weights
 from soupkitchen.tracking import RunLogger
 from soupkitchen.training.launcher import run_dir, train_backbones
+from soupkitchen.training.ric import train_ric
 from soupkitchen.training.specs import backbone_specs
 
 
@@ -31,19 +33,53 @@ def policy_weights(recipe: Recipe, methods: Sequence[Method]) -> list[list[float
     return [list(w) for w in sorted(seen, reverse=True)]
 
 
+def union_specs(recipe: Recipe, methods: Sequence[Method]) -> tuple[Recipe, list]:
+    """The one training run of ``methods``: MORLHF over every distinct w of the backbone methods, plus the
+    MOC policy when asked (RiC is supervised: ``training.ric``). Returns (the run's recipe, its specs)."""
+    backbone = [m for m in methods if not Method(m).conditioned]
+    tree = to_dict(recipe)
+    if backbone:
+        tree["soup"]["morlhf_preferences"] = policy_weights(recipe, backbone)
+    union = from_dict(Recipe, tree).validate()
+    specs = backbone_specs(union, Method.MORLHF) if backbone else []
+    return union, specs + (backbone_specs(recipe, Method.MOC) if Method.MOC in methods else [])
+
+
 def method_manifests(
     recipe: Recipe, methods: Sequence[Method], union_manifest: Path, out: Path
 ) -> dict[Method, Path]:
-    """Split the shared training run into one manifest per method (entries renamed to the method's names)."""
+    """Split the shared training run into one manifest per method (entries renamed to the method's names;
+    MOC's policy by its name, with its prompt conditioning)."""
     union = BackboneManifest.read(union_manifest)
-    by_w = {tuple(b.weights): b for b in union.backbones}
+    by_name = {b.name: b for b in union.backbones}
+    by_w = {tuple(b.weights): b for b in union.backbones if not b.name.startswith(f"{Method.MOC}-")}
     paths = {}
-    for m in methods:
-        entries = [
-            by_w[tuple(s.weights)].model_copy(update={"name": s.name}) for s in backbone_specs(recipe, m)
-        ]
-        paths[Method(m)] = write_manifest(out / m / "manifest.json", recipe, m, entries, union.space)
+    for m in (Method(m) for m in methods if m is not Method.RIC):
+        if m is Method.MOC:
+            (spec,) = backbone_specs(recipe, m)
+            entries, cond = [by_name[spec.name]], Conditioning(kind="preference", prompt=recipe.moc.prompt)
+        else:
+            entries = [
+                by_w[tuple(s.weights)].model_copy(update={"name": s.name}) for s in backbone_specs(recipe, m)
+            ]
+            cond = None
+        paths[m] = write_manifest(out / m / "manifest.json", recipe, m, entries, union.space, cond)
     return paths
+
+
+def training_costs(manifests: dict[Method, Path]) -> dict[str, float]:
+    """Wall time of every trained policy (s) and, with MOC, ``moc_vs_backbone``: MOC's over the mean of
+    the PPO backbones' (all trained at once on the same cluster, so they share its contention)."""
+    seconds = {}
+    for path in manifests.values():
+        for b in BackboneManifest.read(path).backbones:
+            if b.train_seconds is not None:
+                seconds[b.name] = b.train_seconds
+    moc = [v for k, v in seconds.items() if k.startswith(f"{Method.MOC}-")]
+    others = [v for k, v in seconds.items() if not k.startswith(f"{Method.MOC}-")]
+    if moc and others:
+        seconds["moc_vs_backbone"] = moc[0] / float(np.mean(others))
+    return seconds
 
 
 def diagnostics(manifest: BackboneManifest, space: RewardSpace) -> dict:
@@ -58,11 +94,23 @@ def diagnostics(manifest: BackboneManifest, space: RewardSpace) -> dict:
     }
 
 
+def conditioned_policies(manifests: dict[Method, Path]) -> list[tuple]:
+    """``write_bundle``'s ``conditioned`` entries: the MOC / RiC policy of each such manifest."""
+    out = []
+    for m in (m for m in manifests if Method(m).conditioned):
+        doc = BackboneManifest.read(manifests[m])
+        ((name, adapter),) = doc.adapters()
+        out.append((str(m), name, adapter, doc.lora(), doc.conditioning))
+    return out
+
+
 def write_bundles(
     recipe: Recipe, manifests: dict[Method, Path], out: Path, gamma: float | None = None
 ) -> dict[Method, Path]:
-    """A soup bundle per soup (Bone Soup with the recipe's β and α; Rewarded Soups) under out/bundles."""
+    """A soup bundle per soup (Bone Soup with the recipe's β and α; Rewarded Soups) under out/bundles, each
+    carrying the run's MOC / RiC policies (serving modes ``moc`` / ``ric``)."""
     bundles = {}
+    conditioned = conditioned_policies(manifests)
     for m in SOUPS:
         if m not in manifests:
             continue
@@ -83,6 +131,7 @@ def write_bundles(
             overwrite=True,
             reward_space=space,
             diagnostics=diagnostics(doc, space),
+            conditioned=conditioned,
         )
         bundles[m] = out / "bundles" / m
     return bundles
@@ -106,6 +155,7 @@ class Comparison:
     bundles: dict[Method, Path]
     result: EvalResult
     files: dict[str, Path]
+    costs: dict[str, float]  # ``training_costs``: seconds per policy, MOC's ratio to a backbone
 
 
 def compare(
@@ -116,16 +166,22 @@ def compare(
     out: Path | None = None,
     modes: Sequence[Mode] = (),
 ) -> Comparison:
-    """Train the union of the methods' policies (as MORLHF over every w: one linear-scalarisation PPO run per
-    distinct w), split, bundle, register and evaluate them (+ the guided ``modes``) under ``out``."""
-    tree = to_dict(recipe)
-    tree["soup"]["morlhf_preferences"] = policy_weights(recipe, methods)
-    trained = train_backbones(from_dict(Recipe, tree).validate(), Method.MORLHF, run_name, storage)
+    """Train the union of the methods' PPO policies (as MORLHF over every w: one linear-scalarisation PPO run
+    per distinct w, and MOC's policy), then RiC in the same reward space; split, bundle, register and
+    evaluate them (+ the guided ``modes``) under ``out``."""
+    union, specs = union_specs(recipe, methods)
     out = Path(out or run_dir(storage, run_name))
-    manifests = method_manifests(recipe, methods, trained, out)
+    manifests = {}
+    if specs:
+        trained = train_backbones(union, Method.MORLHF, run_name, storage, specs=specs)
+        manifests = method_manifests(recipe, methods, trained, out)
+    if Method.RIC in methods:
+        space = run_dir(storage, run_name) / "reward_space.json" if specs else None
+        ric = BackboneManifest.read(train_ric(recipe, f"{run_name}-ric", storage, reward_space=space))
+        manifests[Method.RIC] = ric.write(out / Method.RIC / "manifest.json")
     bundles = write_bundles(recipe, manifests, out)
     register_bundles(recipe, bundles, run_name)
     result, files = evaluate_front(
         recipe, {m: str(p) for m, p in manifests.items()}, out / "eval", modes=modes
     )
-    return Comparison(out, manifests, bundles, result, files)
+    return Comparison(out, manifests, bundles, result, files, training_costs(manifests))

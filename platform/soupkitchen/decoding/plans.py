@@ -234,6 +234,7 @@ class AdapterRoles:
     mod_beta: float | None = None
     values: list[int] | None = None
     star_alpha: float | None = None  # α of π*_merge (None: the base's α, so π*_merge ≡ π_base)
+    conditioned: dict[str, int] | None = None  # MOC / RiC policy of each conditioned mode (decoded alone)
 
     def __post_init__(self):
         self.alpha = check_alpha(self.alpha)
@@ -296,6 +297,12 @@ class AdapterRoles:
         if mode.explicit and not self.values:
             raise ConfigError(
                 "--value-models", f"mode {mode.value!r} needs explicit value models (train_value_models.py)"
+            )
+        if mode.conditioned:  # the prompt carries μ (the caller relabels it); the policy decodes alone
+            if not self.conditioned or mode.value not in self.conditioned:
+                raise ConfigError(f"--{mode.value}", f"mode {mode.value!r} needs a trained {mode} policy")
+            return row_plan(
+                mode, 0.0, base=self._onehot([self.conditioned[mode.value]])[0], shortcut=shortcut
             )
         alpha = self.alpha if request.alpha is None else request.alpha
         base = self._over(

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import ConfigError, Recipe, to_dict
 from soupkitchen.decoding import AdapterRoles, DecodeSettings, check_gamma
 from soupkitchen.evaluation.sources import BackboneSource, check_source, shared_space
 from soupkitchen.merging import build_mixed_model, load_adapter_state
-from soupkitchen.methods import SOUPS, Mode, parse
+from soupkitchen.methods import SOUPS, Method, Mode, parse
 from soupkitchen.models import load_base_model
 from soupkitchen.preferences import merge_coefficients, preference_grid
 from soupkitchen.reward_space import RewardSpace
@@ -26,6 +27,13 @@ class MethodFront:
     preferences: np.ndarray  # [k, n] μ of each point
     coefficients: np.ndarray  # [k, m] c over ``EvalPlan.adapters`` (guided: the base's c)
     plans: list | None = None  # guided decoding: one ``decoding.RowPlan`` per point (None: plain generate)
+    conditioning: Conditioning | None = None  # MOC / RiC: each point's prompt is relabeled for its μ
+    group: str | None = None  # an unseen-preference group ("unseen1", ...): its own front, same methods
+    soup: tuple | None = None  # (adapter indices, β, α) of a merged soup, to re-plan it at other μ
+
+    def prompt(self, prompt: str, k: int) -> str:
+        """The prompt of point ``k``: relabeled for μ_k by a conditioned policy, as is otherwise."""
+        return self.conditioning.prompt_for(prompt, self.preferences[k]) if self.conditioning else prompt
 
 
 @dataclass
@@ -42,7 +50,7 @@ def soup_front(label: str, idx: list[int], m: int, grid: np.ndarray, beta: float
     """BS (β) or RS (β None): c = (1 + α) B⁻¹μ on the adapters ``idx`` for every μ of ``grid``."""
     C = np.zeros((len(grid), m))
     C[:, idx] = [merge_coefficients(mu, beta, alpha) for mu in grid]
-    return MethodFront(label, np.asarray(grid, dtype=np.float64), C)
+    return MethodFront(label, np.asarray(grid, dtype=np.float64), C, soup=(list(idx), beta, alpha))
 
 
 def policy_front(label: str, idx: list[int], m: int, weights: list[list[float]]) -> MethodFront:
@@ -50,6 +58,42 @@ def policy_front(label: str, idx: list[int], m: int, weights: list[list[float]])
     C = np.zeros((len(idx), m))
     C[np.arange(len(idx)), idx] = 1.0
     return MethodFront(label, np.asarray(weights, dtype=np.float64), C)
+
+
+def conditioned_front(
+    label: str, j: int, m: int, grid: np.ndarray, conditioning: Conditioning
+) -> MethodFront:
+    """MOC / RiC: the one policy (adapter ``j``, c = e_j) at each μ of ``grid``, its prompt relabeled."""
+    C = np.zeros((len(grid), m))
+    C[:, j] = 1.0
+    return MethodFront(label, np.asarray(grid, dtype=np.float64), C, conditioning=conditioning)
+
+
+def unseen_groups(recipe: Recipe) -> list[np.ndarray]:
+    """MOC §3.3: ``eval.unseen_groups`` groups of ``eval.unseen_group_size`` preferences (w1, 1 − w1),
+    w1 = k/100 with k ~ U{1..100} drawn without repeats inside a group (``eval.unseen_seed``), sorted."""
+    ev = recipe.eval
+    rng = np.random.default_rng(ev.unseen_seed)
+    out = []
+    for _ in range(ev.unseen_groups):
+        w1 = np.sort(rng.choice(np.arange(1, 101), size=ev.unseen_group_size, replace=False)) / 100.0
+        out.append(np.round(np.stack([w1, 1.0 - w1], axis=1), 12))
+    return out
+
+
+def at_preferences(front: MethodFront, grid: np.ndarray, group: str) -> MethodFront | None:
+    """The same method at other preferences ``grid`` (an unseen group), or None if it has no inference-time
+    control (MORLHF, SFT, guided modes are left out)."""
+    if front.plans is not None or front.label in ("morlhf", "sft"):
+        return None
+    label = f"{front.label}@{group}"
+    if front.conditioning is not None:
+        j = int(np.argmax(front.coefficients[0]))
+        out = conditioned_front(label, j, front.coefficients.shape[1], grid, front.conditioning)
+    else:
+        out = soup_front(label, *front.soup[:1], front.coefficients.shape[1], grid, *front.soup[1:])
+    out.group = group
+    return out
 
 
 def alpha_label(alpha: float) -> str:
@@ -96,11 +140,16 @@ def build_plan(
             fronts += [soup_front(alpha_label(a), idx, m, grid, src.beta, a) for a in recipe.eval.alphas]
         elif method == "rewarded_soups":
             fronts.append(soup_front("rewarded_soups", idx, m, grid, None, 0.0))
+        elif Method(method).conditioned:
+            fronts.append(conditioned_front(method, idx[0], m, grid, src.conditioning))
         else:
             fronts.append(policy_front(method, idx, m, src.weights))
     fronts += guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma)
     if include_sft:
         fronts.append(MethodFront("sft", np.full((1, n), 1.0 / n), np.zeros((1, m))))
+    seen = list(fronts)
+    for g, prefs in enumerate(unseen_groups(recipe), start=1):
+        fronts += [f for f in (at_preferences(fr, prefs, f"unseen{g}") for fr in seen) if f]
     if not fronts:
         raise ConfigError(
             "methods", "nothing to evaluate: give at least one of --bone-soup/--rewarded-soups/--morlhf"
@@ -190,6 +239,11 @@ def ref_point(recipe: Recipe) -> list[float]:
     never computed from the points being scored, so fronts of different runs and trials compare)."""
     n = len(recipe.objectives)
     return list(recipe.eval.ref_point) if recipe.eval.ref_point is not None else [DEFAULT_REF] * n
+
+
+def projection_point(recipe: Recipe) -> list[float]:
+    """Where Kendall's τ measures angles (MOC Listing 1): ``eval.projection_ref``, else the HV reference."""
+    return list(recipe.eval.projection_ref) if recipe.eval.projection_ref is not None else ref_point(recipe)
 
 
 def eval_settings(recipe: Recipe):

@@ -11,16 +11,30 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from soupkitchen.bootstrap import BootstrapResult, paired_bootstrap, percentile_interval, resample_counts
+from soupkitchen.bootstrap import (
+    BootstrapResult,
+    default_ratios,
+    paired_bootstrap,
+    percentile_interval,
+    resample_counts,
+)
 from soupkitchen.config import ConfigError, Recipe
 from soupkitchen.data import load_prompt_records
 from soupkitchen.decoding import Component, RowPlan, decode
-from soupkitchen.evaluation.plan import EvalPlan, MethodFront, eval_settings, load_mixed, ref_point
+from soupkitchen.evaluation.plan import (
+    EvalPlan,
+    MethodFront,
+    eval_settings,
+    load_mixed,
+    projection_point,
+    ref_point,
+)
 from soupkitchen.metrics import diversity, front_metrics
 from soupkitchen.models import format_prompt, resolve_device
 from soupkitchen.rewards import build_rewards
 
-INTERVAL_KEYS = ("hypervolume", "inner_product", "controllability")  # metrics with bootstrap intervals
+# metrics with bootstrap intervals
+INTERVAL_KEYS = ("hypervolume", "inner_product", "controllability", "kendall_tau", "diversity")
 
 
 @dataclass
@@ -37,6 +51,7 @@ class EvalResult:
     seconds: float = 0.0
     generated_tokens: int = 0
     costs: dict[str, dict[str, float]] = field(default_factory=dict)  # guided label → timing vs plain
+    projection_ref: list[float] = field(default_factory=list)  # Kendall τ's angles are measured around it
 
 
 def row_seed(seed: int, prompt: int, sample: int) -> int:
@@ -50,8 +65,8 @@ def backbone_separation(front: MethodFront, scores: np.ndarray, intervals: Boots
     whose coefficients are one backbone alone (c = e_j: Bone Soup at μ = w_j with α = 0, Rewarded Soups at
     μ = e_j), with its interval on the bootstrap's resamples. Empty for fronts with fewer than two."""
     C = front.coefficients
-    if front.plans is not None or C.shape[1] == 0:
-        return {}
+    if front.plans is not None or front.conditioning is not None or front.group or C.shape[1] == 0:
+        return {}  # guided, conditioned (one policy at every μ) and unseen-group fronts have no backbones
     alone = [k for k in range(len(C)) if np.isclose(C[k].max(), 1.0) and np.isclose(np.abs(C[k]).sum(), 1.0)]
     if len(alone) < 2:
         return {}
@@ -120,7 +135,7 @@ def evaluate(
             out = decode(
                 model,
                 tokenizer,
-                [records[p].prompt for p, _, _ in chunk],
+                [plan.fronts[f].prompt(records[p].prompt, k) for p, _, (f, k) in chunk],
                 [plans[f][k] for _, _, (f, k) in chunk],
                 # The chunk-level beam takes one setting per batch (and one generator); rows otherwise
                 # sample with their own (prompt, sample) seed.
@@ -147,7 +162,7 @@ def evaluate(
                         {
                             "method": fr.label,
                             "mu": fr.preferences[cell[1]].tolist(),
-                            "prompt": records[p].prompt,
+                            "prompt": fr.prompt(records[p].prompt, cell[1]),
                             "response": text,
                             "rewards": dict(zip(plan.objectives, score.tolist(), strict=True)),
                         }
@@ -172,7 +187,7 @@ def evaluate(
         per_prompt[fr.label] = plan.space.normalize(raw)
         raw_points[fr.label] = raw.mean(0)
         lengths[fr.label] = np.array([words[(f, k)] / count for k in range(len(fr.preferences))])
-    ref = ref_point(recipe)
+    ref, proj = ref_point(recipe), projection_point(recipe)
     ev = recipe.eval
     intervals = paired_bootstrap(
         per_prompt,
@@ -181,12 +196,14 @@ def evaluate(
         samples=ev.bootstrap_samples,
         confidence=ev.confidence,
         seed=recipe.seed,
+        ratios=hypervolume_pairs(plan.fronts),
         metric_keys=INTERVAL_KEYS,
+        projection_ref=proj,
     )
     points = intervals.points
     metrics = {}
     for fr in plan.fronts:
-        m = front_metrics(points[fr.label], fr.preferences, ref)
+        m = front_metrics(points[fr.label], fr.preferences, ref, proj)
         for k, v in intervals.point[fr.label].items():
             m |= {k: v, f"{k}_lo": intervals.lo[fr.label][k], f"{k}_hi": intervals.hi[fr.label][k]}
         metrics[fr.label] = m | backbone_separation(fr, per_prompt[fr.label], intervals)
@@ -203,4 +220,17 @@ def evaluate(
         seconds,
         tokens,
         timing,
+        proj,
     )
+
+
+def hypervolume_pairs(fronts: list[MethodFront]) -> list[tuple[str, str]]:
+    """HV ratios between fronts on the same preferences only: the grid fronts' ``default_ratios``, and the
+    same pairs inside every unseen group (between the pair's fronts at that group's preferences)."""
+    grid = default_ratios([fr.label for fr in fronts if fr.group is None])
+    labels = {fr.label for fr in fronts}
+    pairs = list(grid)
+    for group in dict.fromkeys(fr.group for fr in fronts if fr.group):
+        at = [(f"{a}@{group}", f"{b}@{group}") for a, b in grid]
+        pairs += [(a, b) for a, b in at if a in labels and b in labels]
+    return pairs

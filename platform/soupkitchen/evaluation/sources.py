@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import ConfigError, Recipe, to_dict
 from soupkitchen.manifests import BackboneManifest
 from soupkitchen.merging import load_bundle
@@ -27,6 +28,7 @@ class BackboneSource:
     lora: list  # one LoraConfig / LoraSpec per adapter
     model: dict | None  # the ModelConfig (as dict) the backbones were trained on, when recorded
     space: RewardSpace  # the reward space the backbones were trained in
+    conditioning: Conditioning | None = None  # MOC / RiC: how μ enters the prompt of the one policy
 
 
 def read_source(path: str | Path, method: str | None = None, flag: str | None = None) -> BackboneSource:
@@ -62,6 +64,7 @@ def read_source(path: str | Path, method: str | None = None, flag: str | None = 
         lora=[doc.lora()] * len(files),
         model=doc.recipe.get("model"),
         space=doc.space,
+        conditioning=doc.conditioning,
     )
 
 

@@ -29,8 +29,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from soupkitchen.checkpoint import sha256_of
+from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import ConfigError, ModelConfig, from_dict, to_dict
-from soupkitchen.manifests import AdapterEntry, BackboneManifest, BundleManifest, ValueEntry
+from soupkitchen.manifests import AdapterEntry, BackboneManifest, BundleManifest, ConditionedEntry, ValueEntry
 from soupkitchen.merging.mixed import (
     LoraSpec,
     build_mixed_model,
@@ -67,6 +68,7 @@ class Bundle:
     value_lora: list[LoraSpec] = dataclasses.field(default_factory=list)
     reward_space: RewardSpace | None = None  # the run's frozen space (normalization is its mean/std)
     diagnostics: dict = dataclasses.field(default_factory=dict)  # e.g. effective_B of the trained backbones
+    conditioned: list[Conditioned] = dataclasses.field(default_factory=list)  # MOC / RiC, after the values
 
     @property
     def n(self) -> int:
@@ -76,6 +78,16 @@ class Bundle:
     def value_indices(self) -> list[int] | None:
         """Positions of the value models in ``mixed_model``'s stack (after the n backbones), or None."""
         return list(range(self.n, self.n + len(self.value_names))) if self.value_names else None
+
+    @property
+    def conditioned_indices(self) -> dict[str, int]:
+        """``{method: position}`` of the conditioned policies in the stack (after the value models)."""
+        start = self.n + len(self.value_names)
+        return {c.method: start + i for i, c in enumerate(self.conditioned)}
+
+    @property
+    def stack_size(self) -> int:
+        return self.n + len(self.value_names) + len(self.conditioned)
 
     def coefficients(self, mu, method: str = "bone_soup", alpha: float | None = None) -> torch.Tensor:
         """c = (1 + α) B⁻¹μ for μ [n] or a batch [k, n] (``preferences.merge_coefficients``).
@@ -107,12 +119,24 @@ class Bundle:
 
     def mixed_model(self, base_model: nn.Module) -> nn.Module:
         """``build_mixed_model`` of the backbones, then the value models, over ``base_model`` (in place)."""
+        c = self.conditioned
         return build_mixed_model(
             base_model,
-            self.adapters + self.value_adapters,
-            self.lora + self.value_lora,
-            self.names + self.value_names,
+            self.adapters + self.value_adapters + [x.adapter for x in c],
+            self.lora + self.value_lora + [x.lora for x in c],
+            self.names + self.value_names + [x.name for x in c],
         )
+
+
+@dataclass
+class Conditioned:
+    """A conditioned policy of the bundle (``manifests.ConditionedEntry``) with its loaded adapter."""
+
+    method: str
+    name: str
+    lora: LoraSpec
+    adapter: dict[str, torch.Tensor]
+    conditioning: Conditioning
 
 
 def _specs(entries, targets: list[str]) -> list[LoraSpec]:
@@ -131,8 +155,11 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
     states = _load_states(directory, doc.adapters, "adapters")
     vnames, vspecs = [v.name for v in doc.value_models], _specs(doc.value_models, doc.target_modules)
     vstates = _load_states(directory, doc.value_models, "value_models")
+    cnames, cspecs = [c.name for c in doc.conditioned], _specs(doc.conditioned, doc.target_modules)
+    cstates = _load_states(directory, doc.conditioned, "conditioned")
+    vstates, vspecs_all, vnames_all = vstates + cstates, vspecs + cspecs, vnames + cnames
     try:
-        _, stacked = stack_adapters(None, states + vstates, specs + vspecs, names + vnames)
+        _, stacked = stack_adapters(None, states + vstates, specs + vspecs_all, names + vnames_all)
     except ValueError as err:
         raise ConfigError("adapters", f"{err} (bundle.json: adapters[].r / alpha, target_modules)") from err
     shapes = {m: [ab[0][0].shape[1], ab[0][1].shape[0]] for m, ab in stacked.items()}
@@ -142,7 +169,7 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
         )
     if base_model is not None:
         try:
-            stack_adapters(base_model, states + vstates, specs + vspecs, names + vnames)
+            stack_adapters(base_model, states + vstates, specs + vspecs_all, names + vnames_all)
         except (ValueError, TypeError) as err:
             raise ConfigError("base", f"adapters do not fit this base model: {err}") from err
     return Bundle(
@@ -159,10 +186,14 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
         ref_point=list(doc.ref_point),
         modules=shapes,
         value_names=vnames,
-        value_adapters=vstates,
+        value_adapters=vstates[: len(vnames)],
         value_lora=vspecs,
         reward_space=doc.space,
         diagnostics=dict(doc.diagnostics),
+        conditioned=[
+            Conditioned(e.method, e.name, spec, state, e.conditioning)
+            for e, spec, state in zip(doc.conditioned, cspecs, cstates, strict=True)
+        ],
     )
 
 
@@ -196,6 +227,7 @@ def write_bundle(
     value_models=None,
     reward_space: RewardSpace | None = None,
     diagnostics: Mapping | None = None,
+    conditioned: Sequence[tuple[str, str, str | Path, object, Conditioning]] = (),
 ) -> Bundle:
     """Write ``bundle.json`` + ``adapters/<name>.safetensors`` (+ sha256) atomically; return it loaded.
 
@@ -205,7 +237,8 @@ def write_bundle(
     ``lora_config`` is one config or one per adapter (ranks may differ). ``value_models``: MAGE's explicit
     value models to ship along (``value_models.ValueModels``: names, objectives, files, lora, in objective
     order), or None. ``reward_space``: the run's frozen space (then ``normalization`` must be its mean/std);
-    ``diagnostics``: JSON-able facts about the trained backbones (e.g. ``effective_B``).
+    ``diagnostics``: JSON-able facts about the trained backbones (e.g. ``effective_B``). ``conditioned``:
+    ``(method, name, adapter path, lora config, Conditioning)`` of MOC / RiC policies to serve beside it.
     """
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
@@ -236,6 +269,12 @@ def write_bundle(
                     ValueEntry(**_write_adapter(tmp, name, src, spec, modules).model_dump(), objective=obj)
                 )
             specs = specs + vspecs
+        extra = []
+        for method, name, src, lora, cond in conditioned:
+            (spec,) = lora_specs(lora, 1)
+            entry = _write_adapter(tmp, name, src, spec, modules).model_dump()
+            extra.append(ConditionedEntry(**entry, method=method, conditioning=cond))
+            specs = specs + [spec]
         if any(s.target_modules != specs[0].target_modules for s in specs):
             raise ConfigError("target_modules", "all adapters must share the same lora target_modules")
         BundleManifest(
@@ -252,6 +291,7 @@ def write_bundle(
             },
             ref_point=[float(v) for v in ref_point],
             value_models=values,
+            conditioned=extra,
             reward_space=None if reward_space is None else reward_space.to_dict(),
             diagnostics=dict(diagnostics or {}),
         ).write(tmp)
@@ -305,6 +345,10 @@ def attach_value_models(directory: str | Path, value_models) -> Bundle:
             value_models=value_models,
             reward_space=b.reward_space,
             diagnostics=b.diagnostics,
+            conditioned=[
+                (c.method, c.name, copy / f"adapters/{c.name}.safetensors", c.lora, c.conditioning)
+                for c in b.conditioned
+            ],
         )
 
 

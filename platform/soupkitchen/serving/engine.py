@@ -12,7 +12,8 @@ Modes (``methods.Mode``) over the bundle's n backbones (and its value models, st
 ``decoding.plans``: ``bone_soup`` = unguided decoding at c = (1 + α)B(β)⁻¹μ; ``rewarded_soups`` = unguided at
 c = (1 + α)μ (the RS rule on the same backbones); ``mage_i_m`` / ``mage_i`` / ``mage_e_m`` / ``mage_e`` = the
 Bone Soup base plus γ × guidance (docs/methods/mage.md); ``mod`` = Σ_i w_i log π_i over the backbones,
-w = B⁻¹μ for a Bone Soup bundle. Requests arrive validated (``serving.protocol``): the engine turns them
+w = B⁻¹μ for a Bone Soup bundle; ``moc`` / ``ric`` = the bundle's conditioned policy alone on the prompt
+relabeled for μ (``conditioning``). Requests arrive validated (``serving.protocol``): the engine turns them
 into ``decoding.RowRequest`` values and does not check μ, mode, γ or α again.
 """
 
@@ -94,12 +95,14 @@ class SoupEngine:
         base, self.tokenizer = self.bundle.load_base_model(device=self.device)
         self.model = self.bundle.mixed_model(base).eval()
         b = self.bundle
-        self.m = b.n + len(b.value_names)
+        self.m = b.stack_size
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         ctx = min(options.context_length or limit, limit)
         modes = [md for md in Mode if md is not Mode.BONE_SOUP or b.beta is not None]
         if not b.value_names:
             modes = [md for md in modes if not md.explicit]
+        self.conditioning = {c.method: c.conditioning for c in b.conditioned}
+        modes = [md for md in modes if not md.conditioned or md.value in self.conditioning]
         self.info = SoupInfo(
             model=options.served_name,
             objectives=list(b.objectives),
@@ -117,7 +120,9 @@ class SoupEngine:
         use_template = bool(b.base.get("model", {}).get("use_chat_template", True))
         self.chat_template = use_template and bool(getattr(self.tokenizer, "chat_template", None))
         # the bundle's roles; rewarded_soups merges with B = I, each request brings its own α
-        self.roles = AdapterRoles(self.m, list(range(b.n)), b.beta, values=b.value_indices)
+        self.roles = AdapterRoles(
+            self.m, list(range(b.n)), b.beta, values=b.value_indices, conditioned=b.conditioned_indices
+        )
         self.ensemble_weights = "bone_soup" if b.beta is not None else "mu"
 
     def plan(self, req: GenerationRequest) -> RowPlan:
@@ -128,13 +133,19 @@ class SoupEngine:
         return self.roles.plan_for(request, ensemble_weights=self.ensemble_weights)
 
     def format(self, req: GenerationRequest) -> str:
+        """The model's input text. A conditioned mode (MOC, RiC) relabels the user's text for μ first, as its
+        policy was trained (Eq. 3): the completion prompt, or the last user message of a chat."""
+        cond = self.conditioning.get(req.mode.value) if req.mode.conditioned else None
+        mu = req.preference.array if cond else None
         if req.kind == "completion":
-            return req.prompt
+            return cond.prompt_for(req.prompt, mu) if cond else req.prompt
+        messages = list(req.messages)
+        if cond:
+            last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[last] = {**messages[last], "content": cond.prompt_for(messages[last]["content"], mu)}
         if self.chat_template:
-            return self.tokenizer.apply_chat_template(
-                req.messages, tokenize=False, add_generation_prompt=True
-            )
-        return "".join(f"{m['role']}: {m['content']}\n" for m in req.messages) + "assistant:"
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
     def prepare(self, req: GenerationRequest) -> Job:
         """Format and measure the prompt, build the plan and settings; APIError(400) when it cannot fit."""

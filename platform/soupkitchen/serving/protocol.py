@@ -15,7 +15,8 @@ soupkitchen's extra body fields (the openai client sends them with ``extra_body=
     preference  μ: a list with one weight per objective (bundle order), or a mapping objective -> weight
                 (missing objectives get 0). Weights must be finite and >= 0, not all 0; they are divided by
                 their sum, so [3, 1] means μ = (0.75, 0.25). Default: uniform.
-    mode        bone_soup | rewarded_soups | mage_i_m | mage_i | mage_e_m | mage_e | mod (``SoupInfo.modes``)
+    mode        bone_soup | rewarded_soups | mage_i_m | mage_i | mage_e_m | mage_e | mod | moc | ric
+                (``SoupInfo.modes``: moc / ric when the bundle carries that policy)
     gamma       guidance strength γ of the guided modes, in [0, max_gamma]; default: the bundle's γ
     alpha       extrapolation α of the merge c = (1 + α)B⁻¹μ, in [0, max_alpha]; default: the bundle's α
     top_k       sample from the k most likely tokens (0: off)
@@ -321,7 +322,14 @@ class _Body(BaseModel):
             return Mode(v)
         served = ", ".join(m.value for m in modes)
         if isinstance(v, str) and v in set(Mode):
-            why = "it has no value models" if Mode(v).explicit else "it is not a Bone Soup bundle"
+            md = Mode(v)
+            why = (
+                "it has no value models"
+                if md.explicit
+                else f"it carries no {v} policy"
+                if md.conditioned
+                else "it is not a Bone Soup bundle"
+            )
             raise _fail(f"mode {v!r} is not available for this soup ({why}); it serves {served}")
         close = difflib.get_close_matches(v, [m.value for m in modes], n=1) if isinstance(v, str) else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -455,6 +463,9 @@ def parse_request(body: Any, kind: str, info: SoupInfo) -> GenerationRequest:
     given = b.model_fields_set
     max_tokens = b.max_completion_tokens if "max_completion_tokens" in given else b.max_tokens
     messages = [{"role": m.role, "content": m.content} for m in b.messages] if kind == "chat" else None
+    mode = b.mode if "mode" in given else info.default_mode
+    if mode.conditioned and messages is not None and not any(m["role"] == "user" for m in messages):
+        raise APIError(400, f"mode {mode.value!r} writes μ into the last user message: send one", "messages")
 
     def default(v, d):
         return d if v is None else v
@@ -464,7 +475,7 @@ def parse_request(body: Any, kind: str, info: SoupInfo) -> GenerationRequest:
         prompt=b.prompt if kind == "completion" else None,
         messages=messages,
         preference=b.preference,
-        mode=b.mode if "mode" in given else info.default_mode,
+        mode=mode,
         gamma=float(default(b.gamma, info.gamma)),
         alpha=float(default(b.alpha, info.alpha)),
         max_tokens=default(max_tokens, info.default_max_tokens),
