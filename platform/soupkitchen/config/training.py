@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from soupkitchen.config.schema import Schema
 from soupkitchen.errors import ConfigError
@@ -94,6 +94,14 @@ class SoupConfig(Schema):
     alpha: float = Field(0.0, ge=0.0)
     beta_candidates: list[float] = Field(default_factory=lambda: [0.6, 0.7, 0.8])
     morlhf_preferences: list[list[float]] = Field(default_factory=lambda: [[0.5, 0.5]])
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _a_backbone_method(cls, v):
+        allowed = [m.value for m in Method if not m.conditioned]  # MOC / RiC: jobs/train_moc.py, train_ric.py
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}; got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _preferences_on_the_simplex(self):
