@@ -278,6 +278,7 @@ def progress_line(name: str, stats: dict, recipe: Recipe) -> str:
         f"[{name}] step {stats['step']}/{recipe.ppo.steps} {objectives} "
         f"h={stats['reward/scalarized']:.3f} kl={stats['kl']:.3f} η={stats['kl_coef']:.4f} "
         f"len={stats['response_length']:.1f} {stats['tokens_per_s']:.0f} tok/s"
+        + (f" c¹={stats['moc/c1']:.2f} violated={stats['moc/violated']:.2f}" if "moc/c1" in stats else "")
     )
 
 
