@@ -199,7 +199,9 @@ def fetch(uri: str, cache_dir: str | os.PathLike | None = None, tracking_uri: st
             mv = client.get_model_version_by_alias(parts["name"], parts["alias"])
         else:
             mv = client.get_model_version(parts["name"], parts["version"])
-        source, key = mv.source, f"models/{parts['name']}/v{mv.version}"
+        # name/version repeats across registries (a new server, a reset store): the source names the files
+        tag = hashlib.sha256(f"{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
+        source, key = mv.source, f"models/{parts['name']}/v{mv.version}-{tag}"
     elif kind == "runs":
         source, key = uri, f"runs/{parts['run']}/{parts['path'].strip('/')}"
     else:  # an s3:// object may be overwritten: always downloaded afresh
