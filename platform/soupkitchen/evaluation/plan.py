@@ -91,7 +91,8 @@ def at_preferences(front: MethodFront, grid: np.ndarray, group: str) -> MethodFr
         j = int(np.argmax(front.coefficients[0]))
         out = conditioned_front(label, j, front.coefficients.shape[1], grid, front.conditioning)
     else:
-        out = soup_front(label, *front.soup[:1], front.coefficients.shape[1], grid, *front.soup[1:])
+        idx, beta, alpha = front.soup
+        out = soup_front(label, idx, front.coefficients.shape[1], grid, beta, alpha)
     out.group = group
     return out
 

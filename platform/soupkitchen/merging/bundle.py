@@ -157,9 +157,9 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
     vstates = _load_states(directory, doc.value_models, "value_models")
     cnames, cspecs = [c.name for c in doc.conditioned], _specs(doc.conditioned, doc.target_modules)
     cstates = _load_states(directory, doc.conditioned, "conditioned")
-    vstates, vspecs_all, vnames_all = vstates + cstates, vspecs + cspecs, vnames + cnames
+    stack = (states + vstates + cstates, specs + vspecs + cspecs, names + vnames + cnames)
     try:
-        _, stacked = stack_adapters(None, states + vstates, specs + vspecs_all, names + vnames_all)
+        _, stacked = stack_adapters(None, *stack)
     except ValueError as err:
         raise ConfigError("adapters", f"{err} (bundle.json: adapters[].r / alpha, target_modules)") from err
     shapes = {m: [ab[0][0].shape[1], ab[0][1].shape[0]] for m, ab in stacked.items()}
@@ -169,7 +169,7 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
         )
     if base_model is not None:
         try:
-            stack_adapters(base_model, states + vstates, specs + vspecs_all, names + vnames_all)
+            stack_adapters(base_model, *stack)
         except (ValueError, TypeError) as err:
             raise ConfigError("base", f"adapters do not fit this base model: {err}") from err
     return Bundle(
@@ -186,7 +186,7 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
         ref_point=list(doc.ref_point),
         modules=shapes,
         value_names=vnames,
-        value_adapters=vstates[: len(vnames)],
+        value_adapters=vstates,
         value_lora=vspecs,
         reward_space=doc.space,
         diagnostics=dict(doc.diagnostics),
