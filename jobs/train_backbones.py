@@ -24,8 +24,8 @@ from soupkitchen.training.launcher import storage_root, train_backbones  # noqa:
 parser = cli.recipe_parser(__doc__, "--ppo.steps 10 --soup.beta 0.8")
 parser.add_argument(
     "--method",
-    choices=[m.value for m in Method if m is not Method.RIC],
-    help=f"{names(Method)} (default: soup.method; ric: jobs/train_ric.py)",
+    choices=[m.value for m in Method if m not in (Method.RIC, Method.HOE)],
+    help=f"{names(Method)} (default: soup.method; ric: jobs/train_ric.py; hoe: jobs/build_hoe.py)",
 )
 parser.add_argument("--run-name", default=None, help="default: <recipe>-<method>; reuse it to resume")
 parser.add_argument(

@@ -104,3 +104,13 @@ def tiny_soup(tiny_policies, tiny_value_models, tiny_moc, tmp_path_factory) -> P
     recipe, trained = tiny_policies
     out = tmp_path_factory.mktemp("soup")
     return write_soup(recipe, trained["manifests"]["bone_soup"], tiny_value_models[0], out, tiny_moc)
+
+
+@pytest.fixture(scope="session")
+def tiny_hoe(tiny_policies, tmp_path_factory) -> Path:
+    """The tiny HoE set of the Rewarded Soups specialists: 2 single + 1 MO LoRA expert, fidelity and z*, one
+    router and its single-pool ablation twin (3 PPO steps each, in-process)."""
+    from tests.tiny_training import train_hoe
+
+    recipe, trained = tiny_policies
+    return train_hoe(recipe, trained["manifests"]["rewarded_soups"], tmp_path_factory.mktemp("hoe"), 3, True)

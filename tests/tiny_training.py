@@ -120,3 +120,31 @@ def write_soup(recipe, manifest: Path, values: Path | None, out: Path, moc: Path
     if values is not None:
         attach_value_models(path, load_value_models(values))
     return path
+
+
+def train_hoe(recipe, rs_manifest: Path, out: Path, steps: int = 3, ablation: bool = False) -> Path:
+    """The tiny HoE set of the Rewarded Soups specialists: LoRA experts, fidelity and z*, and each router
+    trained in-process (``steps`` PPO steps, the router recipe) as the Ray job's workers would."""
+    from soupkitchen.hoe.build import (
+        build_experts,
+        measure,
+        record_routers,
+        router_recipe,
+        router_specs,
+        task_vectors,
+        training_facts,
+    )
+    from soupkitchen.manifests import BackboneManifest
+
+    manifest = BackboneManifest.read(rs_manifest)
+    build_experts(out, recipe, task_vectors(manifest), manifest.space)
+    measure(recipe, out, manifest)
+    rr = router_recipe(recipe)
+    trained = []
+    for spec in router_specs(recipe, out, ablation):
+        trainer = build_trainer(rr, spec.weights, space=manifest.space, router=spec.router)
+        trainer, history = train_tiny(rr, spec.weights, steps, trainer=trainer)
+        facts = training_facts(rr, spec.router) | {"history": [h["reward/scalarized"] for h in history]}
+        trained.append((spec.router, trainer.model.trainable_state_dict(), facts))
+    record_routers(out, trained)
+    return out

@@ -196,6 +196,7 @@ class BundleManifest(Schema):
     ref_point: list[float]  # the hypervolume reference point, one value per objective
     value_models: list[ValueEntry] = []  # MAGE-E value models, one per objective, in objective order
     conditioned: list[ConditionedEntry] = []  # MOC / RiC policies served beside the soup (one per method)
+    hoe: Literal["hoe"] | None = None  # HoE's expert set: the directory holding its hoe.json (hoe.manifest)
     reward_space: dict[str, Any] | None = None  # RewardSpace.to_dict() of the run
     diagnostics: dict[str, Any] = {}  # facts about the trained backbones (effective_B...)
 

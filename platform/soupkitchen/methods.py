@@ -10,6 +10,7 @@ Training methods (``soup.method``, ``--method``; a manifest's ``method``):
     morlhf          one policy per μ of ``soup.morlhf_preferences``, w = μ
     moc             one policy conditioned on p in its prompt (Eq. 3), min-norm MOO PPO (``soupkitchen.moc``)
     ric             one policy conditioned on desired rewards in its prompt, SFT on relabeled data (RiC)
+    hoe             LoRA experts extracted from the specialists + PPO-trained routers (``soupkitchen.hoe``)
 
 Decoding modes (one per request row; ``--modes``, the HTTP ``mode``):
     bone_soup, rewarded_soups   unguided decoding of the merged soup at c = (1+α)B(β)⁻¹μ or c = μ
@@ -17,6 +18,7 @@ Decoding modes (one per request row; ``--modes``, the HTTP ``mode``):
     mage_e_m, mage_e            MAGE explicit guidance (value models, merged / ensemble)
     mod                         MOD: Σ_i μ_i log π_i over the Rewarded-Soups specialists
     moc, ric                    the conditioned policy alone (c = 1) on the prompt relabeled for μ
+    hoe                         HoE: preference routing over the LoRA and router experts (per-token mix)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Method(StrEnum):
     MORLHF = "morlhf"
     MOC = "moc"
     RIC = "ric"
+    HOE = "hoe"
 
     @property
     def conditioned(self) -> bool:
@@ -53,11 +56,12 @@ class Mode(StrEnum):
     MOD = "mod"
     MOC = "moc"
     RIC = "ric"
+    HOE = "hoe"
 
     @property
     def guided(self) -> bool:
         """A guided mode adds rows beyond the merged soup (``decoding``); the others decode it alone."""
-        return self not in (Mode.BONE_SOUP, Mode.REWARDED_SOUPS, Mode.MOC, Mode.RIC)
+        return self not in (Mode.BONE_SOUP, Mode.REWARDED_SOUPS, Mode.MOC, Mode.RIC, Mode.HOE)
 
     @property
     def conditioned(self) -> bool:

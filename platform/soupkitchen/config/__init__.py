@@ -6,7 +6,8 @@ raise :class:`ConfigError` naming the dotted key path and what is allowed. Comma
 same paths: ``--ppo.kl_coef 0.1`` or ``--rewards.0.params.target 40``.
 
     schema.py      the strict pydantic base (``Schema``), ValidationError → ConfigError, from_dict / to_dict
-    model.py, rewards.py, data.py, training.py, evaluation.py, tracking.py, moc.py
+    model.py, rewards.py, data.py, training.py, evaluation.py, tracking.py, moc.py,
+                   ric.py, hoe.py
                    the sections, each with its ranges (``Field(ge=..., lt=...)``) and its own rules
     recipe.py      ``Recipe``: the sections and the rules that span them (n objectives vs β, ...)
     loading.py     recipe files (``extends:``), dotted overrides, CLI overrides, JSON manifests
@@ -14,6 +15,7 @@ same paths: ``--ppo.kl_coef 0.1`` or ``--rewards.0.params.target 40``.
 
 from soupkitchen.config.data import DataConfig, GenerationConfig
 from soupkitchen.config.evaluation import DecodingConfig, EvalConfig, SearchConfig, ValueModelConfig
+from soupkitchen.config.hoe import HoEConfig
 from soupkitchen.config.loading import (
     RECIPES_DIR,
     REPO_ROOT,
@@ -50,6 +52,7 @@ __all__ = [
     "DistributedConfig",
     "EvalConfig",
     "GenerationConfig",
+    "HoEConfig",
     "LoraConfig",
     "MOCConfig",
     "ModelConfig",

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from soupkitchen.config.data import DataConfig, GenerationConfig
 from soupkitchen.config.evaluation import DecodingConfig, EvalConfig, SearchConfig, ValueModelConfig
+from soupkitchen.config.hoe import HoEConfig
 from soupkitchen.config.moc import MOCConfig
 from soupkitchen.config.model import LoraConfig, ModelConfig
 from soupkitchen.config.rewards import RewardConfig
@@ -56,6 +57,7 @@ class Recipe(Schema):
     search: SearchConfig = Field(default_factory=SearchConfig)
     moc: MOCConfig = Field(default_factory=MOCConfig)
     ric: RiCConfig = Field(default_factory=RiCConfig)
+    hoe: HoEConfig = Field(default_factory=HoEConfig)
 
     @property
     def objectives(self) -> list[str]:
@@ -102,6 +104,12 @@ class Recipe(Schema):
                     f"moc.preferences.{i}",
                     f"has {len(mu)} entries but there are {n} objectives {self.objectives}",
                 )
+        for key in ("mo_experts", "routers"):
+            for i, lam in enumerate(getattr(self.hoe, key) or []):
+                if len(lam) != n:
+                    raise ConfigError(
+                        f"hoe.{key}.{i}", f"has {len(lam)} entries, need one per objective ({n})"
+                    )
         for key in ("ref_point", "projection_ref"):
             ref = getattr(self.eval, key)
             if ref is not None and len(ref) != n:

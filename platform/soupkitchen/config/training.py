@@ -98,7 +98,8 @@ class SoupConfig(Schema):
     @field_validator("method", mode="before")
     @classmethod
     def _a_backbone_method(cls, v):
-        allowed = [m.value for m in Method if not m.conditioned]  # MOC / RiC: jobs/train_moc.py, train_ric.py
+        # MOC / RiC / HoE: jobs/train_moc.py, train_ric.py, build_hoe.py
+        allowed = [m.value for m in Method if not m.conditioned and m is not Method.HOE]
         if v not in allowed:
             raise ValueError(f"must be one of {', '.join(map(repr, allowed))}; got {v!r}")
         return v

@@ -52,6 +52,7 @@ class EvalResult:
     generated_tokens: int = 0
     costs: dict[str, dict[str, float]] = field(default_factory=dict)  # guided label → timing vs plain
     projection_ref: list[float] = field(default_factory=list)  # Kendall τ's angles are measured around it
+    per_prompt: dict[str, np.ndarray] = field(default_factory=dict)  # label → [P, k, n] z per prompt
 
 
 def row_seed(seed: int, prompt: int, sample: int) -> int:
@@ -221,6 +222,7 @@ def evaluate(
         tokens,
         timing,
         proj,
+        per_prompt,
     )
 
 

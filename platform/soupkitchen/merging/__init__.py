@@ -16,6 +16,7 @@ from soupkitchen.manifests import BUNDLE_FORMAT
 from soupkitchen.merging.bundle import (
     Bundle,
     adapters_from_manifest,
+    attach_hoe,
     attach_value_models,
     load_bundle,
     write_bundle,
@@ -42,6 +43,7 @@ __all__ = [
     "adapters_from_manifest",
     "build_mixed_model",
     "load_adapter_state",
+    "attach_hoe",
     "attach_value_models",
     "load_bundle",
     "lora_spec",

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import re
 import shutil
+import types
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from torch import nn
 from soupkitchen.checkpoint import sha256_of
 from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import ConfigError, ModelConfig, from_dict, to_dict
+from soupkitchen.hoe import experts as hoe_experts  # a module: soupkitchen.hoe imports merging.mixed
+from soupkitchen.hoe import layer as hoe_layer
 from soupkitchen.manifests import AdapterEntry, BackboneManifest, BundleManifest, ConditionedEntry, ValueEntry
 from soupkitchen.merging.mixed import (
     LoraSpec,
@@ -69,6 +72,7 @@ class Bundle:
     reward_space: RewardSpace | None = None  # the run's frozen space (normalization is its mean/std)
     diagnostics: dict = dataclasses.field(default_factory=dict)  # e.g. effective_B of the trained backbones
     conditioned: list[Conditioned] = dataclasses.field(default_factory=list)  # MOC / RiC, after the values
+    hoe: hoe_experts.ExpertSet | None = None  # HoE: LoRA experts after the conditioned policies, routers last
 
     @property
     def n(self) -> int:
@@ -86,8 +90,33 @@ class Bundle:
         return {c.method: start + i for i, c in enumerate(self.conditioned)}
 
     @property
-    def stack_size(self) -> int:
+    def hoe_start(self) -> int:
+        """Position of HoE's first LoRA expert in the stack (after the conditioned policies)."""
         return self.n + len(self.value_names) + len(self.conditioned)
+
+    @property
+    def stack_size(self) -> int:
+        """Adapters in the stack (backbones, value models, conditioned policies, HoE's LoRA experts)."""
+        return self.hoe_start + (len(self.hoe.lora) if self.hoe else 0)
+
+    @property
+    def hoe_routers(self) -> list[str]:
+        """The router experts served (HoE's full configuration, ``hoe.configurations``)."""
+        if self.hoe is None:
+            return []
+        served = hoe_experts.configurations(self.hoe.manifest)["hoe"]
+        return [x for x in served if x not in self.hoe.lora_names]
+
+    @property
+    def width(self) -> int:
+        """Entries of a coefficient row: the stack, then one slot per served router (``hoe.layer``)."""
+        return self.stack_size + len(self.hoe_routers)
+
+    def hoe_stack(self) -> hoe_experts.ExpertStack | None:
+        """Where HoE's experts sit in a coefficient row (preference routing → row), or None without HoE."""
+        if self.hoe is None:
+            return None
+        return hoe_experts.ExpertStack.of(self.hoe, self.hoe_start, self.stack_size, self.hoe_routers)
 
     def coefficients(self, mu, method: str = "bone_soup", alpha: float | None = None) -> torch.Tensor:
         """c = (1 + α) B⁻¹μ for μ [n] or a batch [k, n] (``preferences.merge_coefficients``).
@@ -118,14 +147,18 @@ class Bundle:
         return load_base_model(from_dict(ModelConfig, self.base["model"], "base.model"), device=device)
 
     def mixed_model(self, base_model: nn.Module) -> nn.Module:
-        """``build_mixed_model`` of the backbones, then the value models, over ``base_model`` (in place)."""
+        """The mixed model of the whole stack over ``base_model`` (in place): the backbones, the value models,
+        the conditioned policies and HoE's LoRA experts; with HoE, its routers after them (``hoe.layer``)."""
         c = self.conditioned
-        return build_mixed_model(
-            base_model,
-            self.adapters + self.value_adapters + [x.adapter for x in c],
-            self.lora + self.value_lora + [x.lora for x in c],
-            self.names + self.value_names + [x.name for x in c],
+        h = self.hoe
+        stack = (
+            self.adapters + self.value_adapters + [x.adapter for x in c] + (h.lora if h else []),
+            self.lora + self.value_lora + [x.lora for x in c] + (h.specs if h else []),
+            self.names + self.value_names + [x.name for x in c] + (h.lora_names if h else []),
         )
+        if h is None:
+            return build_mixed_model(base_model, *stack)
+        return hoe_layer.build_hoe_model(base_model, *stack, h.routers(self.hoe_start, self.hoe_routers))
 
 
 @dataclass
@@ -157,7 +190,24 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
     vstates = _load_states(directory, doc.value_models, "value_models")
     cnames, cspecs = [c.name for c in doc.conditioned], _specs(doc.conditioned, doc.target_modules)
     cstates = _load_states(directory, doc.conditioned, "conditioned")
-    stack = (states + vstates + cstates, specs + vspecs + cspecs, names + vnames + cnames)
+    hoe = None
+    if doc.hoe is not None:
+        hoe = hoe_experts.load_experts(directory / doc.hoe, "bundle.json hoe")
+        if hoe.manifest.objectives != objectives:
+            raise ConfigError(
+                "hoe", f"experts are for {hoe.manifest.objectives}, the soup's for {objectives}"
+            )
+        if sorted(hoe.manifest.target_modules) != sorted(doc.target_modules):
+            raise ConfigError("hoe", "experts target other modules than the soup's adapters; re-build them")
+    hstates, hspecs, hnames = (hoe.lora, hoe.specs, hoe.lora_names) if hoe else ([], [], [])
+    clash = sorted(set(hnames) & set(names + vnames + cnames))
+    if clash:
+        raise ConfigError("hoe", f"expert names {clash} clash with other adapters")
+    stack = (
+        states + vstates + cstates + hstates,
+        specs + vspecs + cspecs + hspecs,
+        names + vnames + cnames + hnames,
+    )
     try:
         _, stacked = stack_adapters(None, *stack)
     except ValueError as err:
@@ -194,6 +244,7 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
             Conditioned(e.method, e.name, spec, state, e.conditioning)
             for e, spec, state in zip(doc.conditioned, cspecs, cstates, strict=True)
         ],
+        hoe=hoe,
     )
 
 
@@ -228,6 +279,7 @@ def write_bundle(
     reward_space: RewardSpace | None = None,
     diagnostics: Mapping | None = None,
     conditioned: Sequence[tuple[str, str, str | Path, object, Conditioning]] = (),
+    hoe: str | Path | None = None,
 ) -> Bundle:
     """Write ``bundle.json`` + ``adapters/<name>.safetensors`` (+ sha256) atomically; return it loaded.
 
@@ -239,6 +291,7 @@ def write_bundle(
     order), or None. ``reward_space``: the run's frozen space (then ``normalization`` must be its mean/std);
     ``diagnostics``: JSON-able facts about the trained backbones (e.g. ``effective_B``). ``conditioned``:
     ``(method, name, adapter path, lora config, Conditioning)`` of MOC / RiC policies to serve beside it.
+    ``hoe``: a HoE directory (``hoe.build``) copied in as ``hoe/``: mode ``hoe`` over its experts.
     """
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()) and not overwrite:
@@ -275,6 +328,9 @@ def write_bundle(
             entry = _write_adapter(tmp, name, src, spec, modules).model_dump()
             extra.append(ConditionedEntry(**entry, method=method, conditioning=cond))
             specs = specs + [spec]
+        if hoe is not None:
+            hoe_experts.load_experts(hoe, "hoe")  # checked before it is copied
+            shutil.copytree(hoe, tmp / "hoe")
         if any(s.target_modules != specs[0].target_modules for s in specs):
             raise ConfigError("target_modules", "all adapters must share the same lora target_modules")
         BundleManifest(
@@ -292,6 +348,7 @@ def write_bundle(
             ref_point=[float(v) for v in ref_point],
             value_models=values,
             conditioned=extra,
+            hoe="hoe" if hoe is not None else None,
             reward_space=None if reward_space is None else reward_space.to_dict(),
             diagnostics=dict(diagnostics or {}),
         ).write(tmp)
@@ -328,8 +385,19 @@ def _write_adapter(tmp: Path, name: str, src, spec: LoraSpec, modules: dict) -> 
 
 def attach_value_models(directory: str | Path, value_models) -> Bundle:
     """Re-write the bundle at ``directory`` (atomically) with ``value_models`` shipped along; return it."""
+    return _rewrite(Path(directory), value_models=value_models)
+
+
+def attach_hoe(directory: str | Path, hoe: str | Path) -> Bundle:
+    """Re-write the bundle at ``directory`` (atomically) with the HoE expert set ``hoe``; return it."""
+    return _rewrite(Path(directory), hoe=Path(hoe))
+
+
+def _rewrite(directory: Path, **changes) -> Bundle:
+    """The bundle re-written with ``changes`` (``value_models`` / ``hoe``), everything else kept."""
     b = load_bundle(directory)
-    with _staged_copy(Path(directory)) as copy:
+    with _staged_copy(directory) as copy:
+        kept_hoe = copy / "hoe" if b.hoe is not None else None
         return write_bundle(
             directory,
             b.base,
@@ -342,14 +410,23 @@ def attach_value_models(directory: str | Path, value_models) -> Bundle:
             b.lora,
             gamma=b.gamma,
             overwrite=True,
-            value_models=value_models,
+            value_models=changes["value_models"] if "value_models" in changes else _kept_values(b, copy),
             reward_space=b.reward_space,
             diagnostics=b.diagnostics,
             conditioned=[
                 (c.method, c.name, copy / f"adapters/{c.name}.safetensors", c.lora, c.conditioning)
                 for c in b.conditioned
             ],
+            hoe=changes.get("hoe", kept_hoe),
         )
+
+
+def _kept_values(b: Bundle, copy: Path):
+    """The bundle's value models as ``write_bundle`` takes them (read from the staged copy), or None."""
+    if not b.value_names:
+        return None
+    files = [copy / f"adapters/{nm}.safetensors" for nm in b.value_names]
+    return types.SimpleNamespace(objectives=b.objectives, names=b.value_names, files=files, lora=b.value_lora)
 
 
 @contextlib.contextmanager

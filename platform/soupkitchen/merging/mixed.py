@@ -284,10 +284,17 @@ class MixedLoRALinear(nn.Module):
         self.n = len(ab)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        cs = (self.mix.rows_for(x) * self.scaling).to(x.dtype)  # [batch, 1|seq, n]
+        return self.base_layer(x) + self.lora_delta(x, self.coefficients(x))
+
+    def coefficients(self, x: torch.Tensor) -> torch.Tensor:
+        """c of this forward, [batch, 1|seq, n] (``soupkitchen.hoe`` adds per-token router terms here)."""
+        return self.mix.rows_for(x)
+
+    def lora_delta(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Σ_i c_i s_i B_i (A_i x): two matmuls over the flattened stack."""
+        cs = (c * self.scaling).to(x.dtype)
         h = F.linear(x, self.lora_A).unflatten(-1, (self.n, self.r)) * cs.unsqueeze(-1)
-        return y + F.linear(h.flatten(-2), self.lora_B)
+        return F.linear(h.flatten(-2), self.lora_B)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, r={self.r}, in={self.in_features}, out={self.out_features}"
@@ -298,12 +305,16 @@ def build_mixed_model(
     adapters: Sequence[Mapping[str, torch.Tensor]],
     lora_config,
     names: Sequence[str] | None = None,
+    *,
+    state: MixState | None = None,
+    layer=None,
 ) -> nn.Module:
     """Replace, in place, every targeted linear of a plain HF model with a ``MixedLoRALinear``; return it.
 
     ``adapters`` are PEFT LoRA state dicts (``get_peft_model_state_dict``, or a backbone's
     ``trainable.safetensors``); ``lora_config`` is one config or one per adapter. Set the coefficients with
-    ``set_coefficients(model, c)`` before ``forward``/``generate``.
+    ``set_coefficients(model, c)`` before ``forward``/``generate``. ``state`` / ``layer(module path, base
+    layer, [(A_i, B_i)], scaling, state)``: a subclass's (``soupkitchen.hoe.build_hoe_model``).
     """
     from peft import PeftModel
 
@@ -313,12 +324,13 @@ def build_mixed_model(
         raise ValueError("model is already mixed; build from a fresh base model")
     names = list(names) if names is not None else [f"adapter{i}" for i in range(len(adapters))]
     specs, stacked = stack_adapters(model, adapters, lora_config, names)
-    state = MixState(len(adapters), names)
+    state = state or MixState(len(adapters), names)
+    layer = layer or (lambda _module, base, ab, scaling, st: MixedLoRALinear(base, ab, scaling, st))
     scaling = [s.scaling for s in specs]
     for module, ab in stacked.items():
         parent_name, _, child = module.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, MixedLoRALinear(getattr(parent, child), ab, scaling, state))
+        setattr(parent, child, layer(module, getattr(parent, child), ab, scaling, state))
     model.soup_mix = state
     return model
 

@@ -64,3 +64,41 @@ class Tchebycheff:
     def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
         gap = self.mu.to(rewards.device) * (self.ideal.to(rewards.device) - rewards)
         return torch.nn.functional.one_hot(gap.argmax(-1), rewards.shape[-1]).to(torch.float32)
+
+
+class OMDTchebycheff:
+    """ω = w for every sample, with w updated once per batch by online mirror descent on the Tchebycheff
+    objective (HoE Eqs. 6-7 and 18): log w_i ← log w_i + α λ_i (z*_i − R̄_i), renormalised to Σ w = 1, where
+    R̄ is the batch's mean reward vector over every worker (``comm``). Starts at w = λ. The mixed advantage
+    Σ_i w_i Â^i (Eq. 19) is then the linear objective's. ``state_dict`` keeps w across a resume."""
+
+    def __init__(self, preference, ideal, step: float, comm=None):
+        lam = np.asarray(preference, dtype=np.float64)
+        check_simplex(lam[None, :], "λ")
+        self.lam = torch.as_tensor(lam, dtype=torch.float64)
+        self.ideal = torch.as_tensor(np.asarray(ideal, dtype=np.float64))
+        if self.ideal.shape != self.lam.shape:
+            raise ValueError(f"z* has {self.ideal.numel()} entries for {self.lam.numel()} objectives")
+        self.step, self.comm = float(step), comm
+        self.log_w = torch.log(self.lam.clamp(min=1e-12))
+
+    @property
+    def w(self) -> torch.Tensor:
+        return torch.softmax(self.log_w, -1)
+
+    def weights(self, rewards: torch.Tensor, preferences: torch.Tensor | None = None) -> torch.Tensor:
+        mean = rewards.detach().double().mean(0).cpu()
+        if self.comm is not None:
+            mean = self.comm.mean(mean)
+        self.log_w = torch.log(self.w) + self.step * self.lam * (self.ideal - mean)
+        return self.w.to(rewards.device, torch.float32).expand(rewards.shape[0], -1)
+
+    def stats(self) -> dict[str, float]:
+        return {f"omd/w{i}": float(x) for i, x in enumerate(self.w)}
+
+    def state_dict(self) -> dict:
+        return {"log_w": self.log_w.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "log_w" in state:
+            self.log_w = torch.tensor(state["log_w"], dtype=torch.float64)

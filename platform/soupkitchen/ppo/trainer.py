@@ -315,6 +315,7 @@ class MOPPOTrainer:
         kl_per_seq = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(-1)
         mean_kl = float(self.comm.mean(kl_per_seq.mean()))
         stats.update(self._reward_stats(rollout))
+        stats.update(getattr(self.scalarizer, "stats", dict)())  # e.g. OMD-STCH's current w
         stats.update(
             kl=mean_kl,
             kl_coef=self.kl.value,
@@ -359,6 +360,7 @@ class MOPPOTrainer:
             "generator": self.generator.get_state().tolist(),
             "reward_history": self.reward_history,
             "objective": self.objective.state_dict(),
+            "scalarizer": getattr(self.scalarizer, "state_dict", dict)(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -368,6 +370,8 @@ class MOPPOTrainer:
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         self.reward_history = list(state.get("reward_history", []))
         self.objective.load_state_dict(state.get("objective", {}))
+        if hasattr(self.scalarizer, "load_state_dict"):
+            self.scalarizer.load_state_dict(state.get("scalarizer", {}))
 
 
 _LOCAL_STATS = {"policy_loss", "value_loss", "clipfrac", "entropy", "approx_kl"}

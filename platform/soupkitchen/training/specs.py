@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from soupkitchen.config import ConfigError, Recipe
+from soupkitchen.hoe.routers import RouterJob
 from soupkitchen.methods import Method
 from soupkitchen.preferences import backbone_weights
 from soupkitchen.reward_space import check_shared_space
@@ -20,6 +21,7 @@ class BackboneSpec:
     name: str
     weights: list[float]
     moc: bool = False  # one preference-conditioned policy trained with MOC's objective (``soupkitchen.moc``)
+    router: RouterJob | None = None  # a HoE router expert (``soupkitchen.hoe.routers``); w = its λ
 
 
 def backbone_specs(recipe: Recipe, method: Method | str | None = None) -> list[BackboneSpec]:
@@ -34,6 +36,8 @@ def backbone_specs(recipe: Recipe, method: Method | str | None = None) -> list[B
         return [BackboneSpec(f"{method}-0", [round(1.0 / n, 12)] * n, moc=True)]
     elif method is Method.RIC:
         raise ConfigError("--method", "ric is trained by supervised fine-tuning: use jobs/train_ric.py")
+    elif method is Method.HOE:
+        raise ConfigError("--method", "hoe trains routers over extracted experts: use jobs/build_hoe.py")
     else:
         W = np.asarray(recipe.soup.morlhf_preferences, dtype=np.float64)
     check_shared_space(recipe, W.tolist())

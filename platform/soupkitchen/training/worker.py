@@ -24,11 +24,12 @@ import torch
 from soupkitchen.checkpoint import load_training_checkpoint, save_training_checkpoint
 from soupkitchen.config import ConfigError, Recipe
 from soupkitchen.data import load_prompt_records
+from soupkitchen.hoe.routers import RouterJob, router_policy
 from soupkitchen.moc import MOCObjective, relabeled_rows, training_preferences
 from soupkitchen.models import format_prompt, load_policy, resolve_device
 from soupkitchen.ppo.comm import LocalComm, TorchDistComm
 from soupkitchen.ppo.policy import PolicyWithValue
-from soupkitchen.ppo.scalarization import FixedWeights, PerSamplePreference
+from soupkitchen.ppo.scalarization import FixedWeights, OMDTchebycheff, PerSamplePreference
 from soupkitchen.ppo.trainer import DeepSpeedOptimizer, MOPPOTrainer, TorchOptimizer, reward_window
 from soupkitchen.reward_space import RewardSpace, calibrate
 from soupkitchen.rewards import build_rewards
@@ -78,15 +79,20 @@ def build_trainer(
     restore=None,
     space=None,
     moc: bool = False,
+    router: RouterJob | None = None,
 ):
     """The PPO trainer of one backbone on this process. ``restore`` = a checkpoint directory; ``space`` = the
     run's ``RewardSpace`` (None: calibrated here from this policy's W0, the same deterministic rollouts a
-    launcher would make); ``moc``: MOC's per-sample preferences and min-norm objective (``recipe.moc``)."""
+    launcher would make); ``moc``: MOC's per-sample preferences and min-norm objective (``recipe.moc``);
+    ``router``: a HoE router expert over its frozen LoRA experts, scalarised by OMD-STCH (``hoe.routers``)."""
 
     comm = comm or LocalComm()
     torch.manual_seed(recipe.seed)
-    policy, tokenizer = load_policy(recipe, device=device)
-    model = PolicyWithValue(policy, len(recipe.objectives)).to(device)
+    if router is not None:
+        model, tokenizer = router_policy(recipe, router, device)
+    else:
+        policy, tokenizer = load_policy(recipe, device=device)
+        model = PolicyWithValue(policy, len(recipe.objectives)).to(device)
     state = opt_state = None
     if restore is not None:
         trainable, opt_state, state = load_training_checkpoint(restore, comm.rank)
@@ -132,7 +138,11 @@ def build_trainer(
         model,
         tokenizer,
         rewards,
-        PerSamplePreference() if moc else FixedWeights(weights),
+        PerSamplePreference()
+        if moc
+        else OMDTchebycheff(weights, router.ideal, router.omd_step, comm)
+        if router
+        else FixedWeights(weights),
         recipe.ppo,
         recipe.generation,
         format_prompt=lambda p: format_prompt(tokenizer, p, recipe.model.use_chat_template),
@@ -196,6 +206,7 @@ def train_loop_per_worker(config: dict) -> None:
             restore=ckpt_dir,
             space=space,
             moc=spec.moc,
+            router=spec.router,
         )
     resumed_from = trainer.global_step  # reported with every result: the log can drop lines, results cannot
     if rank == 0 and resumed_from:
@@ -279,6 +290,11 @@ def progress_line(name: str, stats: dict, recipe: Recipe) -> str:
         f"h={stats['reward/scalarized']:.3f} kl={stats['kl']:.3f} η={stats['kl_coef']:.4f} "
         f"len={stats['response_length']:.1f} {stats['tokens_per_s']:.0f} tok/s"
         + (f" c¹={stats['moc/c1']:.2f} violated={stats['moc/violated']:.2f}" if "moc/c1" in stats else "")
+        + (
+            f" w=[{' '.join(f'{v:.2f}' for k, v in stats.items() if k.startswith('omd/w'))}]"
+            if "omd/w0" in stats
+            else ""
+        )
     )
 
 
