@@ -10,6 +10,9 @@ extrapolation), the soups on the ``eval.grid_step`` simplex grid (11 points for 
 MORLHF at its trained preferences, and the SFT model (W0) as one point. Output in --out: points.csv,
 metrics.csv, front.png, samples.jsonl; the table is printed and everything is logged to MLflow.
 
+HoE (--hoe): its full expert set and the expert-count ablation the set supports (``hoe.configurations``),
+on the same grid, prompts and decoding, in the same reward space as the other sources.
+
 Guided decoding (MAGE, MOD) over the Bone Soup base, with the cost per generated token of each mode
 relative to plain decoding measured in the same run (costs.csv):
 
@@ -30,7 +33,12 @@ from soupkitchen.methods import GUIDED_MODES, Method, parse_guided_modes
 
 parser = cli.recipe_parser(__doc__, "--eval.num_prompts 32")
 for m in Method:
-    parser.add_argument(f"--{m.replace('_', '-')}", metavar="PATH", help=f"{m} manifest.json or bundle dir")
+    what = (
+        "HoE directory (build_hoe.py) or a bundle carrying one"
+        if m is Method.HOE
+        else "manifest.json or bundle dir"
+    )
+    parser.add_argument(f"--{m.replace('_', '-')}", metavar="PATH", help=f"{m} {what}")
 parser.add_argument("--no-sft", action="store_true", help="leave out the SFT model (W0) point")
 parser.add_argument(
     "--modes",

@@ -242,3 +242,29 @@ def test_expert_alone_reproduces_the_expert_loaded_in_peft(tiny_hoe):
     assert not getattr(result, "unexpected_keys", [])
     theirs = peft.eval().generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     assert torch.equal(ours, theirs)
+
+
+def test_hoe_fronts_in_the_evaluation(tiny_policies, tiny_hoe, tmp_path):
+    """evaluate_front with --rewarded-soups and --hoe: the full HoE front and the ablation fronts on the same
+    grid, prompts and decoding, HV ratios against RS with intervals, router columns in points.csv; at
+    μ = e_i every configuration is expert i alone, so their points coincide (common random numbers)."""
+    from soupkitchen.evaluation import evaluate_front
+
+    recipe, trained = tiny_policies
+    recipe = load_recipe("tiny", {"eval.num_prompts": 6, "eval.samples_per_prompt": 2, "eval.grid_step": 0.25})
+    rs = trained["manifests"]["rewarded_soups"]
+    result, files = evaluate_front(recipe, {"rewarded_soups": rs, "hoe": tiny_hoe}, tmp_path / "eval")
+    labels = {fr.label for fr in result.plan.fronts}
+    assert {"hoe", "hoe_lora", "hoe_router", "hoe_linear", "rewarded_soups", "sft"} <= labels
+    m = result.metrics["hoe"]
+    assert m["hypervolume_lo"] <= m["hypervolume"] <= m["hypervolume_hi"]
+    assert "hv_ratio_vs_rewarded_soups_lo" in m
+    for label in ("hoe_lora", "hoe_router", "hoe_linear"):
+        np.testing.assert_allclose(result.points[label][[0, -1]], result.points["hoe"][[0, -1]])
+    header = files["points"].read_text().splitlines()[0]
+    assert "c_hoe-router0" in header and "c_hoe-mo0" in header
+    hoe = next(fr for fr in result.plan.fronts if fr.label == "hoe")
+    assert hoe.coefficients.shape[1] == len(result.plan.columns)
+    # the RS specialists are stacked first; HoE's experts follow; μ = [.5, .5] is the MO expert alone
+    mid = list(hoe.preferences[:, 0]).index(0.5)
+    assert hoe.coefficients[mid, result.plan.columns.index("hoe-mo0")] == pytest.approx(1.0)

@@ -12,7 +12,8 @@ from soupkitchen.evaluation.plan import build_plan
 from soupkitchen.evaluation.report import write_outputs
 from soupkitchen.evaluation.run import EvalResult, evaluate
 from soupkitchen.evaluation.sources import read_source
-from soupkitchen.methods import Mode
+from soupkitchen.hoe import ExpertSet, load_experts
+from soupkitchen.methods import Method, Mode
 from soupkitchen.tracking import RunLogger
 from soupkitchen.value_models import load_value_models
 
@@ -28,10 +29,15 @@ def evaluate_front(
     value_models: str | Path | None = None,
 ) -> tuple[EvalResult, dict[str, Path]]:
     """Evaluate every given method (``{method: manifest or bundle}``, + SFT, + guided ``modes``), write the
-    outputs under ``out`` and log them to MLflow; returns the result and the files written."""
+    outputs under ``out`` and log them to MLflow; returns the result and the files written. ``paths["hoe"]``
+    is a HoE directory (``hoe.build``) or a soup bundle carrying one."""
+    paths = dict(paths)
+    hoe = read_hoe(paths.pop(Method.HOE, None))
     sources = {m: read_source(p, m) for m, p in paths.items() if p}
     values = load_value_models(value_models) if value_models else None
-    plan = build_plan(recipe, sources, include_sft=include_sft, modes=modes, gamma=gamma, value_models=values)
+    plan = build_plan(
+        recipe, sources, include_sft=include_sft, modes=modes, gamma=gamma, value_models=values, hoe=hoe
+    )
     tags = {"soupkitchen.job": "evaluate_front"}
     with RunLogger(recipe, f"evaluate_front:{recipe.name}", tags=tags) as logger:
         result = evaluate(plan, recipe, split=split)
@@ -46,3 +52,13 @@ def evaluate_front(
         for path in files.values():
             logger.client.log_artifact(logger.run_id, str(path))
     return result, files
+
+
+def read_hoe(path: str | Path | None) -> ExpertSet | None:
+    """The expert set of ``--hoe``: a HoE directory, or a soup bundle directory with one inside."""
+    if not path:
+        return None
+    path = Path(path)
+    if (path / "bundle.json").is_file() and (path / "hoe").is_dir():
+        path = path / "hoe"
+    return load_experts(path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import ConfigError, Recipe, to_dict
 from soupkitchen.decoding import AdapterRoles, DecodeSettings, check_gamma
 from soupkitchen.evaluation.sources import BackboneSource, check_source, shared_space
+from soupkitchen.hoe import ExpertSet, ExpertStack, build_hoe_model, configurations
 from soupkitchen.merging import build_mixed_model, load_adapter_state
 from soupkitchen.methods import SOUPS, Method, Mode, parse
 from soupkitchen.models import load_base_model
@@ -30,6 +31,7 @@ class MethodFront:
     conditioning: Conditioning | None = None  # MOC / RiC: each point's prompt is relabeled for its μ
     group: str | None = None  # an unseen-preference group ("unseen1", ...): its own front, same methods
     soup: tuple | None = None  # (adapter indices, β, α) of a merged soup, to re-plan it at other μ
+    routing: tuple | None = None  # HoE: (ExpertStack, expert names) whose preference routing gives each c
 
     def prompt(self, prompt: str, k: int) -> str:
         """The prompt of point ``k``: relabeled for μ_k by a conditioned policy, as is otherwise."""
@@ -44,6 +46,12 @@ class EvalPlan:
     lora: list
     fronts: list[MethodFront]
     space: RewardSpace  # shared by every source: points and metrics live in it
+    routers: list = field(default_factory=list)  # HoE's router experts (``hoe.Router``), after the adapters
+
+    @property
+    def columns(self) -> list[str]:
+        """What each coefficient column is: the adapters, then the router slots."""
+        return self.names + [r.name for r in self.routers]
 
 
 def soup_front(label: str, idx: list[int], m: int, grid: np.ndarray, beta: float | None, alpha: float):
@@ -69,6 +77,12 @@ def conditioned_front(
     return MethodFront(label, np.asarray(grid, dtype=np.float64), C, conditioning=conditioning)
 
 
+def hoe_front(label: str, stack: ExpertStack, names: list[str], grid: np.ndarray) -> MethodFront:
+    """HoE (one expert configuration): the coefficient row of preference routing (Eqs. 9-10) at each μ."""
+    C = np.stack([stack.coefficients(mu, names) for mu in grid])
+    return MethodFront(label, np.asarray(grid, dtype=np.float64), C, routing=(stack, list(names)))
+
+
 def unseen_groups(recipe: Recipe) -> list[np.ndarray]:
     """MOC §3.3: ``eval.unseen_groups`` groups of ``eval.unseen_group_size`` preferences (w1, 1 − w1),
     w1 = k/100 with k ~ U{1..100} drawn without repeats inside a group (``eval.unseen_seed``), sorted."""
@@ -90,6 +104,8 @@ def at_preferences(front: MethodFront, grid: np.ndarray, group: str) -> MethodFr
     if front.conditioning is not None:
         j = int(np.argmax(front.coefficients[0]))
         out = conditioned_front(label, j, front.coefficients.shape[1], grid, front.conditioning)
+    elif front.routing is not None:
+        out = hoe_front(label, *front.routing, grid)
     else:
         idx, beta, alpha = front.soup
         out = soup_front(label, idx, front.coefficients.shape[1], grid, beta, alpha)
@@ -108,10 +124,13 @@ def build_plan(
     modes: Sequence[Mode | str] = (),
     gamma: float | None = None,
     value_models=None,
+    hoe: ExpertSet | None = None,
 ) -> EvalPlan:
     """The fronts to evaluate: every source's method (Bone Soup at each α of ``eval.alphas``), SFT, and the
     guided ``modes`` at strength ``gamma`` (default ``decoding.gamma``); ``value_models``
-    (``value_models.load_value_models``) are stacked for mage_e / mage_e_m."""
+    (``value_models.load_value_models``) are stacked for mage_e / mage_e_m; ``hoe`` (``hoe.load_experts``):
+    its LoRA experts and routers are stacked, with one front per expert configuration
+    (``hoe.configurations``: the full set and the expert-count ablation it supports)."""
     modes = [parse(Mode, md, "modes") for md in modes]  # library callers may pass names
     n = len(recipe.objectives)
     adapters: list[Path] = []
@@ -131,7 +150,8 @@ def build_plan(
                 lora.append(cfg)
             placed[method].append(index[key])
     values = _stack_values(recipe, value_models, modes, adapters, names, lora)
-    m, grid = len(adapters), preference_grid(n, recipe.eval.grid_step)
+    hoe_start, routers = _stack_hoe(recipe, hoe, adapters, names, lora)
+    m, grid = len(adapters) + len(routers), preference_grid(n, recipe.eval.grid_step)
     fronts = []
     for method, src in sources.items():
         idx = placed[method]
@@ -145,6 +165,9 @@ def build_plan(
             fronts.append(conditioned_front(method, idx[0], m, grid, src.conditioning))
         else:
             fronts.append(policy_front(method, idx, m, src.weights))
+    if hoe is not None:
+        stack = ExpertStack.of(hoe, hoe_start, len(adapters), [r.name for r in routers])
+        fronts += [hoe_front(label, stack, xs, grid) for label, xs in configurations(hoe.manifest).items()]
     fronts += guided_fronts(recipe, sources, placed, values, m, grid, modes, gamma)
     if include_sft:
         fronts.append(MethodFront("sft", np.full((1, n), 1.0 / n), np.zeros((1, m))))
@@ -156,7 +179,40 @@ def build_plan(
             "methods", "nothing to evaluate: give at least one of --bone-soup/--rewarded-soups/--morlhf"
         )
     space = shared_space(sources) if sources else RewardSpace.identity(recipe.objectives)  # SFT alone: raw
-    return EvalPlan(list(recipe.objectives), adapters, names, lora, fronts, space)
+    if hoe is not None:
+        hspace = RewardSpace.from_dict(hoe.manifest.reward_space)
+        if not sources:
+            space = hspace
+        elif not hspace.same_as(space):
+            raise ConfigError(
+                "--hoe",
+                f"experts were built in another reward space ({hspace.describe()}) than the other methods "
+                f"({space.describe()}): build them from this run's specialists",
+            )
+    return EvalPlan(list(recipe.objectives), adapters, names, lora, fronts, space, routers)
+
+
+def _stack_hoe(recipe: Recipe, hoe: ExpertSet | None, adapters: list, names: list, lora: list):
+    """Append HoE's LoRA experts to the stack (in place): (first position, the routers), or (None, [])."""
+    if hoe is None:
+        return None, []
+    doc = hoe.manifest
+    if doc.objectives != recipe.objectives:
+        raise ConfigError(
+            "--hoe", f"experts are for objectives {doc.objectives}, the recipe has {recipe.objectives}"
+        )
+    current = to_dict(recipe.model)
+    base = doc.base.get("model", {})
+    differ = sorted(k for k in base if k in current and base[k] != current[k])
+    if differ:
+        raise ConfigError(
+            "--hoe", f"experts were built over another base model (model.{', model.'.join(differ)})"
+        )
+    start = len(adapters)
+    adapters += [hoe.directory / e.file for e in doc.lora]
+    names += hoe.lora_names
+    lora += hoe.specs
+    return start, hoe.routers(start)
 
 
 def _stack_values(
@@ -231,7 +287,10 @@ def load_mixed(plan: EvalPlan, recipe: Recipe, device: str = "cpu"):
     model, tokenizer = load_base_model(recipe.model, device=device)
     if plan.adapters:
         states = [load_adapter_state(p) for p in plan.adapters]
-        model = build_mixed_model(model, states, plan.lora, plan.names)
+        if plan.routers:
+            model = build_hoe_model(model, states, plan.lora, plan.names, plan.routers)
+        else:
+            model = build_mixed_model(model, states, plan.lora, plan.names)
     return model, tokenizer
 
 

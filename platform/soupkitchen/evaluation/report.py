@@ -150,7 +150,7 @@ def write_outputs(result: EvalResult, out_dir: str | Path, title: str | None = N
             [
                 "method",
                 *(f"mu_{o}" for o in objs),
-                *(f"c_{a}" for a in plan.names),
+                *(f"c_{a}" for a in plan.columns),
                 *(f"reward_{o}" for o in objs),
                 *(f"reward_{o}_{b}" for o in objs for b in ("lo", "hi")),
                 *(f"raw_{o}" for o in objs),

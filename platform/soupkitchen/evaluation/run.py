@@ -227,10 +227,12 @@ def evaluate(
 
 
 def hypervolume_pairs(fronts: list[MethodFront]) -> list[tuple[str, str]]:
-    """HV ratios between fronts on the same preferences only: the grid fronts' ``default_ratios``, and the
-    same pairs inside every unseen group (between the pair's fronts at that group's preferences)."""
+    """HV ratios between fronts on the same preferences only: the grid fronts' ``default_ratios`` (+ HoE vs
+    MOD), and the same pairs inside every unseen group (between the pair's fronts at that group's
+    preferences)."""
     grid = default_ratios([fr.label for fr in fronts if fr.group is None])
     labels = {fr.label for fr in fronts}
+    grid += [("hoe", "mod")] if {"hoe", "mod"} <= labels else []  # HoE's decoding-time competitor
     pairs = list(grid)
     for group in dict.fromkeys(fr.group for fr in fronts if fr.group):
         at = [(f"{a}@{group}", f"{b}@{group}") for a, b in grid]
