@@ -97,13 +97,15 @@ def tiny_moc(tiny_policies, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_soup(tiny_policies, tiny_value_models, tiny_moc, tmp_path_factory) -> Path:
-    """The tiny Bone Soup bundle with its value models and a MOC policy: what the serving tests deploy."""
+def tiny_soup(tiny_policies, tiny_value_models, tiny_moc, tiny_hoe, tmp_path_factory) -> Path:
+    """The tiny Bone Soup bundle with its value models, a MOC policy and the HoE set: what the serving tests
+    deploy."""
     from tests.tiny_training import write_soup
 
     recipe, trained = tiny_policies
     out = tmp_path_factory.mktemp("soup")
-    return write_soup(recipe, trained["manifests"]["bone_soup"], tiny_value_models[0], out, tiny_moc)
+    bs = trained["manifests"]["bone_soup"]
+    return write_soup(recipe, bs, tiny_value_models[0], out, tiny_moc, tiny_hoe)
 
 
 @pytest.fixture(scope="session")

@@ -251,7 +251,8 @@ def test_hoe_fronts_in_the_evaluation(tiny_policies, tiny_hoe, tmp_path):
     from soupkitchen.evaluation import evaluate_front
 
     recipe, trained = tiny_policies
-    recipe = load_recipe("tiny", {"eval.num_prompts": 6, "eval.samples_per_prompt": 2, "eval.grid_step": 0.25})
+    small = {"eval.num_prompts": 6, "eval.samples_per_prompt": 2, "eval.grid_step": 0.25}
+    recipe = load_recipe("tiny", small)
     rs = trained["manifests"]["rewarded_soups"]
     result, files = evaluate_front(recipe, {"rewarded_soups": rs, "hoe": tiny_hoe}, tmp_path / "eval")
     labels = {fr.label for fr in result.plan.fronts}

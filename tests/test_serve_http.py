@@ -94,7 +94,10 @@ def test_models_lists_the_soup_and_every_mode_answers(endpoint):
         "mage_e",
         "mod",
         "moc",
+        "hoe",
     }
+    assert [e["name"] for e in endpoint["experts"]] == ["hoe-warm", "hoe-calm", "hoe-mo0", "hoe-router0"]
+    assert endpoint["experts"][3]["votes"] == ["hoe-warm", "hoe-mo0"]
     for mode in endpoint["modes"]:
         r = post("/v1/completions", good(mode=mode, preference=[0.3, 0.7]))
         assert r.status_code == 200, r.text
@@ -191,7 +194,7 @@ def test_mixed_batch_equals_each_request_alone(endpoint):
     bodies = [
         good(prompt=f"prompt {i}", preference=[i / 7, 1 - i / 7], mode=m, max_tokens=8)
         for i, m in enumerate(
-            ["bone_soup", "mage_i_m", "mod", "moc", "rewarded_soups", "bone_soup", "mage_e", "moc"]
+            ["bone_soup", "mage_i_m", "mod", "moc", "hoe", "bone_soup", "mage_e", "hoe", "rewarded_soups"]
         )
     ]
     with ThreadPoolExecutor(len(bodies)) as pool:
@@ -199,6 +202,11 @@ def test_mixed_batch_equals_each_request_alone(endpoint):
     alone = [post("/v1/completions", b).json() for b in bodies]
     assert max(t["soup"]["batch_size"] for t in together) > 1  # they did share a batch
     assert [t["choices"][0]["text"] for t in together] == [a["choices"][0]["text"] for a in alone]
+    # mode hoe reports what preference routing selected (Eqs. 9-10): μ = [4/7, 3/7] lies between the centre
+    # expert [.5, .5] and the router [.75, .25], with 5/7 · .5 + 2/7 · .75 = 4/7; μ = [1, 0] is e_1 alone
+    assert together[4]["soup"]["experts"] == pytest.approx({"hoe-mo0": 5 / 7, "hoe-router0": 2 / 7}, abs=1e-5)
+    assert together[7]["soup"]["experts"] == {"hoe-warm": 1.0}
+    assert "experts" not in together[0]["soup"]
 
 
 def test_metrics_are_prometheus_text(endpoint):

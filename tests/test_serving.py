@@ -9,6 +9,7 @@ import math
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 
 import jobs.train_value_models as train_value_models_job
@@ -337,3 +338,32 @@ def test_train_value_models_attach_names_the_flag(tmp_path, capsys):
     job = train_value_models_job
     assert job.main(["--recipe", "tiny", "--attach", str(tmp_path), "--out", str(tmp_path / "vm")]) == 2
     assert "--attach" in capsys.readouterr().err
+
+
+def test_engine_serves_hoe_rows_batched_with_other_modes(engine):
+    """mode hoe: one row whose coefficients are preference routing over the served experts (LoRA experts
+    per row, the router per token); in one batch with soup, MOC and guided rows each row decodes as alone,
+    greedy and seeded sampling; the card lists the experts and routing is reported per request."""
+    info = engine.info
+    assert "hoe" in info.modes
+    assert [e["name"] for e in info.experts] == ["hoe-warm", "hoe-calm", "hoe-mo0", "hoe-router0"]
+    base = {"prompt": "hello there", "max_tokens": 6, "mode": "hoe"}
+    reqs = [
+        parse_request({**base, "preference": [0.8, 0.2], "temperature": 0}, "completion", info),
+        parse_request({**base, "preference": [0.8, 0.2], "temperature": 0.9, "seed": 5}, "completion", info),
+        parse_request(
+            {**base, "preference": [0.3, 0.7], "mode": "bone_soup", "temperature": 0}, "completion", info
+        ),
+        parse_request({**base, "preference": [0.0, 1.0], "temperature": 0}, "completion", info),
+        parse_request({**base, "mode": "mage_i_m", "temperature": 0}, "completion", info),
+    ]
+    plan = engine.plan(reqs[0])
+    b = engine.bundle
+    row = np.zeros(engine.m)
+    row[b.hoe_start] = 0.2  # λ = [.8, .2]: 0.2 · e_1 + 0.8 · router [.75, .25]
+    row[b.stack_size] = 0.8
+    assert plan.width == 1 and plan.components[0].c == pytest.approx(tuple(row))
+    assert info.route([0.8, 0.2]) == pytest.approx({"hoe-router0": 0.8, "hoe-warm": 0.2})
+    together = _run(engine, reqs)
+    assert together[0] == [_run(engine, [r])[0][0] for r in reqs]
+    assert engine.plan(reqs[3]).components[0].c[b.hoe_start + 1] == 1.0  # e_2: the calm expert alone

@@ -108,17 +108,21 @@ def train_value_models(manifest: Path, out: Path):
     return out, path, metrics
 
 
-def write_soup(recipe, manifest: Path, values: Path | None, out: Path, moc: Path | None = None) -> Path:
-    """The Bone Soup bundle of ``manifest`` (γ 1), with the value models in ``values`` and the MOC policy of
-    the ``moc`` manifest shipped along."""
+def write_soup(
+    recipe, manifest: Path, values: Path | None, out: Path, moc: Path | None = None, hoe: Path | None = None
+) -> Path:
+    """The Bone Soup bundle of ``manifest`` (γ 1), with the value models in ``values``, the MOC policy of
+    the ``moc`` manifest and the HoE set ``hoe`` shipped along."""
     from soupkitchen.comparison import write_bundles
-    from soupkitchen.merging import attach_value_models
+    from soupkitchen.merging import attach_hoe, attach_value_models
     from soupkitchen.value_models import load_value_models
 
     manifests = {Method.BONE_SOUP: manifest} | ({Method.MOC: moc} if moc else {})
     path = write_bundles(recipe, manifests, out, gamma=1.0)["bone_soup"]
     if values is not None:
         attach_value_models(path, load_value_models(values))
+    if hoe is not None:
+        attach_hoe(path, hoe)
     return path
 
 

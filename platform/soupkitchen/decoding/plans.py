@@ -235,6 +235,7 @@ class AdapterRoles:
     values: list[int] | None = None
     star_alpha: float | None = None  # α of π*_merge (None: the base's α, so π*_merge ≡ π_base)
     conditioned: dict[str, int] | None = None  # MOC / RiC policy of each conditioned mode (decoded alone)
+    hoe: tuple | None = None  # (hoe.ExpertStack, served expert names): mode hoe's preference routing
 
     def __post_init__(self):
         self.alpha = check_alpha(self.alpha)
@@ -304,6 +305,11 @@ class AdapterRoles:
             return row_plan(
                 mode, 0.0, base=self._onehot([self.conditioned[mode.value]])[0], shortcut=shortcut
             )
+        if mode is Mode.HOE:  # one row: the routed experts' coefficients (routers vote per token)
+            if self.hoe is None:
+                raise ConfigError("--hoe", "mode 'hoe' needs a HoE expert set (jobs/build_hoe.py)")
+            stack, names = self.hoe
+            return row_plan(mode, 0.0, base=stack.coefficients(mu.array, names), shortcut=shortcut)
         alpha = self.alpha if request.alpha is None else request.alpha
         base = self._over(
             self.backbones, mu.coefficients(None if mode is Mode.REWARDED_SOUPS else self.beta, alpha)

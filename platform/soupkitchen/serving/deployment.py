@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from starlette.exceptions import HTTPException
 
+from soupkitchen.methods import Mode
 from soupkitchen.serving.engine import Job, SoupEngine
 from soupkitchen.serving.metrics import EndpointMetrics
 from soupkitchen.serving.options import ServeOptions
@@ -41,6 +42,11 @@ api = FastAPI(title="soupkitchen", description="OpenAI-compatible controllable m
 async def _http_error(_request, exc: HTTPException):
     err = APIError(exc.status_code, str(exc.detail), None, "invalid_request_error")
     return JSONResponse(err.body(), status_code=exc.status_code)
+
+
+def _routed(req: GenerationRequest, info) -> dict | None:
+    """Mode hoe: the experts preference routing selected for the request's μ and their ω_r."""
+    return info.route(req.preference.array) if req.mode is Mode.HOE else None
 
 
 def _replica_id() -> str:
@@ -221,7 +227,14 @@ class OpenAIIngress:
             self.metrics.served(out["prompt_tokens"], out["completion_tokens"], out["batch_size"])
             use = usage(out["prompt_tokens"], out["completion_tokens"])
             body = response(
-                req, info.model, out["text"], out["finish"], use, out["replica"], out["batch_size"]
+                req,
+                info.model,
+                out["text"],
+                out["finish"],
+                use,
+                out["replica"],
+                out["batch_size"],
+                _routed(req, info),
             )
             return JSONResponse(body)
         except APIError as e:
@@ -249,6 +262,8 @@ class OpenAIIngress:
         if "error" in first:
             raise first["error"]
 
+        routed = _routed(req, info)
+
         async def events():
             status, err_type, sent, last = 200, None, False, None
             try:
@@ -263,7 +278,7 @@ class OpenAIIngress:
                     last = item
                     if not sent:
                         self.metrics.first_token.observe(time.perf_counter() - t0)
-                    data = chunk(req, info.model, item["text"], item["finish"], not sent, None)
+                    data = chunk(req, info.model, item["text"], item["finish"], not sent, None, routed)
                     sent = True
                     yield f"data: {json.dumps(data)}\n\n"
                 if last is not None:

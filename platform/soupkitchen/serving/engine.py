@@ -13,8 +13,10 @@ Modes (``methods.Mode``) over the bundle's n backbones (and its value models, st
 c = (1 + α)μ (the RS rule on the same backbones); ``mage_i_m`` / ``mage_i`` / ``mage_e_m`` / ``mage_e`` = the
 Bone Soup base plus γ × guidance (docs/methods/mage.md); ``mod`` = Σ_i w_i log π_i over the backbones,
 w = B⁻¹μ for a Bone Soup bundle; ``moc`` / ``ric`` = the bundle's conditioned policy alone on the prompt
-relabeled for μ (``conditioning``). Requests arrive validated (``serving.protocol``): the engine turns them
-into ``decoding.RowRequest`` values and does not check μ, mode, γ or α again.
+relabeled for μ (``conditioning``); ``hoe`` = preference routing over the bundle's HoE experts (LoRA
+experts per row, router experts per token; ``soupkitchen.hoe``). Requests arrive validated
+(``serving.protocol``): the engine turns them into ``decoding.RowRequest`` values and does not check μ,
+mode, γ or α again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from soupkitchen.artifacts import fetch
 from soupkitchen.decoding import AdapterRoles, Decoder, DecodeSettings, RowPlan, RowRequest
 from soupkitchen.generation import clean_text
+from soupkitchen.hoe import experts as hoe_experts
 from soupkitchen.merging import load_bundle
 from soupkitchen.methods import Mode
 from soupkitchen.models import resolve_device
@@ -95,7 +98,7 @@ class SoupEngine:
         base, self.tokenizer = self.bundle.load_base_model(device=self.device)
         self.model = self.bundle.mixed_model(base).eval()
         b = self.bundle
-        self.m = b.stack_size
+        self.m = b.width
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         ctx = min(options.context_length or limit, limit)
         modes = [md for md in Mode if md is not Mode.BONE_SOUP or b.beta is not None]
@@ -103,6 +106,11 @@ class SoupEngine:
             modes = [md for md in modes if not md.explicit]
         self.conditioning = {c.method: c.conditioning for c in b.conditioned}
         modes = [md for md in modes if not md.conditioned or md.value in self.conditioning]
+        if b.hoe is None:
+            modes = [md for md in modes if md is not Mode.HOE]
+        hoe = b.hoe_stack()
+        served = hoe_experts.configurations(b.hoe.manifest)["hoe"] if b.hoe else []
+        experts = tuple(_expert_card(e) for e in b.hoe.manifest.experts if e.name in served) if b.hoe else ()
         self.info = SoupInfo(
             model=options.served_name,
             objectives=list(b.objectives),
@@ -116,12 +124,18 @@ class SoupEngine:
             max_tokens_limit=min(options.max_tokens_limit, ctx - 1),
             max_gamma=options.max_gamma,
             max_alpha=options.max_alpha,
+            experts=experts,
         )
         use_template = bool(b.base.get("model", {}).get("use_chat_template", True))
         self.chat_template = use_template and bool(getattr(self.tokenizer, "chat_template", None))
         # the bundle's roles; rewarded_soups merges with B = I, each request brings its own α
         self.roles = AdapterRoles(
-            self.m, list(range(b.n)), b.beta, values=b.value_indices, conditioned=b.conditioned_indices
+            self.m,
+            list(range(b.n)),
+            b.beta,
+            values=b.value_indices,
+            conditioned=b.conditioned_indices,
+            hoe=(hoe, served) if hoe else None,
         )
         self.ensemble_weights = "bone_soup" if b.beta is not None else "mu"
 
@@ -177,6 +191,13 @@ class SoupEngine:
 
     def start(self, jobs: list[Job]) -> BatchRun:
         return BatchRun(self, jobs)
+
+
+def _expert_card(e) -> dict:
+    """A served HoE expert as ``/v1/models`` lists it."""
+    return {"name": e.name, "kind": e.kind, "preference": e.preference} | (
+        {"votes": e.votes} if e.votes else {}
+    )
 
 
 class BatchRun:

@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -47,6 +48,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from soupkitchen.hoe.routing import preference_routing
 from soupkitchen.methods import Mode
 from soupkitchen.preferences import Preference
 
@@ -126,6 +128,14 @@ class SoupInfo:
     max_tokens_limit: int
     max_gamma: float
     max_alpha: float
+    experts: tuple[dict, ...] = ()  # HoE: the served experts ({name, kind, preference, votes}), mode hoe
+
+    def route(self, mu) -> dict[str, float]:
+        """HoE's preference routing (Eqs. 9-10) at μ: the selected experts and their ω_r, nearest first."""
+        prefs = np.array([e["preference"] for e in self.experts])
+        omega = preference_routing(np.asarray(mu, dtype=np.float64), prefs)
+        order = np.argsort(-omega, kind="stable")
+        return {self.experts[j]["name"]: round(float(omega[j]), 6) for j in order if omega[j] > 0}
 
     def card(self) -> dict:
         """The ``/v1/models`` entry."""
@@ -142,7 +152,7 @@ class SoupInfo:
             "gamma": self.gamma,
             "context_length": self.context_length,
             "max_tokens_limit": self.max_tokens_limit,
-        }
+        } | ({"experts": list(self.experts)} if self.experts else {})
 
 
 @dataclass(frozen=True)
@@ -328,6 +338,8 @@ class _Body(BaseModel):
                 if md.explicit
                 else f"it carries no {v} policy"
                 if md.conditioned
+                else "it carries no HoE expert set (jobs/build_hoe.py)"
+                if md is Mode.HOE
                 else "it is not a Bone Soup bundle"
             )
             raise _fail(f"mode {v!r} is not available for this soup ({why}); it serves {served}")

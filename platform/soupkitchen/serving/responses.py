@@ -14,20 +14,28 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-def _soup_fields(req: GenerationRequest) -> dict:
-    return {
+def _soup_fields(req: GenerationRequest, experts: dict | None) -> dict:
+    out = {
         "preference": list(req.preference.weights),
         "mode": req.mode.value,
         "gamma": req.gamma,
         "alpha": req.alpha,
     }
+    return out | ({"experts": experts} if experts is not None else {})
 
 
 def response(
-    req: GenerationRequest, model: str, text: str, finish: str, use: dict, fingerprint: str, batch_size: int
+    req: GenerationRequest,
+    model: str,
+    text: str,
+    finish: str,
+    use: dict,
+    fingerprint: str,
+    batch_size: int,
+    experts: dict | None = None,
 ) -> dict:
-    """The non-streaming body: ``text_completion`` or ``chat.completion``, plus ``soup``: μ, mode, γ, α and
-    the size of the decoding batch the request shared."""
+    """The non-streaming body: ``text_completion`` or ``chat.completion``, plus ``soup``: μ, mode, γ, α, the
+    size of the decoding batch the request shared and (mode hoe) the selected experts with their ω_r."""
     if req.kind == "completion":
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         obj, prefix = "text_completion", "cmpl"
@@ -42,14 +50,21 @@ def response(
         "choices": [choice],
         "usage": use,
         "system_fingerprint": fingerprint,
-        "soup": {**_soup_fields(req), "batch_size": batch_size},
+        "soup": {**_soup_fields(req, experts), "batch_size": batch_size},
     }
 
 
 def chunk(
-    req: GenerationRequest, model: str, text: str | None, finish: str | None, first: bool, use: dict | None
+    req: GenerationRequest,
+    model: str,
+    text: str | None,
+    finish: str | None,
+    first: bool,
+    use: dict | None,
+    experts: dict | None = None,
 ) -> dict:
-    """One SSE chunk (``text_completion`` / ``chat.completion.chunk``); ``use`` only in the usage chunk."""
+    """One SSE chunk (``text_completion`` / ``chat.completion.chunk``); ``use`` only in the usage chunk; the
+    first carries ``soup`` (with ``experts`` for mode hoe)."""
     if req.kind == "completion":
         choices = (
             [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
@@ -69,5 +84,5 @@ def chunk(
     if use is not None:
         out["usage"] = use
     if first:
-        out["soup"] = _soup_fields(req)
+        out["soup"] = _soup_fields(req, experts)
     return out
