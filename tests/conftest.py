@@ -112,7 +112,9 @@ def tiny_soup(tiny_policies, tiny_value_models, tiny_moc, tiny_hoe, tmp_path_fac
 def tiny_hoe(tiny_policies, tmp_path_factory) -> Path:
     """The tiny HoE set of the Rewarded Soups specialists: 2 single + 1 MO LoRA expert, fidelity and z*, one
     router and its single-pool ablation twin (3 PPO steps each, in-process)."""
+    from soupkitchen.config import load_recipe
     from tests.tiny_training import train_hoe
 
-    recipe, trained = tiny_policies
-    return train_hoe(recipe, trained["manifests"]["rewarded_soups"], tmp_path_factory.mktemp("hoe"), 3, True)
+    _, trained = tiny_policies
+    recipe = load_recipe("tiny", {"hoe.ablation": True})
+    return train_hoe(recipe, trained["manifests"]["rewarded_soups"], tmp_path_factory.mktemp("hoe"), 3)

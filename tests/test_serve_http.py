@@ -194,7 +194,7 @@ def test_mixed_batch_equals_each_request_alone(endpoint):
     bodies = [
         good(prompt=f"prompt {i}", preference=[i / 7, 1 - i / 7], mode=m, max_tokens=8)
         for i, m in enumerate(
-            ["bone_soup", "mage_i_m", "mod", "moc", "hoe", "bone_soup", "mage_e", "hoe", "rewarded_soups"]
+            ["bone_soup", "mage_i_m", "mod", "moc", "hoe", "rewarded_soups", "mage_e", "hoe"]
         )
     ]
     with ThreadPoolExecutor(len(bodies)) as pool:

@@ -15,7 +15,7 @@ from soupkitchen.config import ConfigError, load_recipe
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _submit(head, *job_args: str) -> str:
+def _submit(head, *job_args: str, script: str = "jobs/train_backbones.py") -> str:
     out = head["ray"](
         "job",
         "submit",
@@ -26,7 +26,7 @@ def _submit(head, *job_args: str) -> str:
         "jobs/runtime_env.yaml",
         "--",
         "python",
-        "jobs/train_backbones.py",
+        script,
         *job_args,
         env=head["env"],
     )
@@ -287,3 +287,32 @@ def shared_of(union: dict) -> dict:
     return {
         tuple(b["weights"]): b["checkpoint"] for b in union["backbones"] if b["name"].startswith("morlhf")
     }
+
+
+@pytest.mark.slow
+def test_hoe_experts_and_a_router_through_ray_job_submit(ray_head, tiny_policies, tmp_path):
+    """jobs/build_hoe.py through `ray job submit`: LoRA experts from the tiny Rewarded Soups specialists,
+    their fidelity and z*, one router trained by a Ray Train worker (one progress line per step with its
+    OMD-STCH w), the set recorded in hoe.json with the router's checkpoint and copied into a soup bundle."""
+    from soupkitchen.hoe import HoEManifest
+    from soupkitchen.merging import load_bundle
+    from tests.tiny_training import write_soup
+
+    recipe, trained = tiny_policies
+    bundle = write_soup(recipe, trained["manifests"]["bone_soup"], None, tmp_path / "soup")
+    out, storage = tmp_path / "hoe", tmp_path / "runs"
+    rs = str(trained["manifests"]["rewarded_soups"])
+    args = ["--recipe", "tiny", "--rewarded-soups", rs, "--out", str(out), "--bundle", str(bundle)]
+    args += ["--storage", str(storage), "--run-name", "tiny-hoe", "--hoe.router_steps", "2"]
+    args += ["--eval.num_prompts", "6", "--eval.samples_per_prompt", "2"]  # fidelity and z*: a quick look
+    job = _submit(ray_head, *args, script="jobs/build_hoe.py")
+    status, log = _wait(ray_head, job), _logs(ray_head, job)
+    assert status == "SUCCEEDED", log[-4000:]
+    assert _steps(log, "hoe-router0") == [1, 2], log[-3000:]
+    assert re.search(r"\[hoe-router0\] step 2/2 .* w=\[0\.\d\d 0\.\d\d\]", log)
+    doc = HoEManifest.read(out)
+    (router,) = doc.routers
+    assert router.training["steps"] == 2 and router.training["checkpoint"]
+    assert "fidelity hoe-warm" in log and "z* = [" in log
+    b = load_bundle(bundle)
+    assert b.hoe is not None and b.hoe_routers == ["hoe-router0"] and b.width == b.stack_size + 1

@@ -126,7 +126,7 @@ def write_soup(
     return path
 
 
-def train_hoe(recipe, rs_manifest: Path, out: Path, steps: int = 3, ablation: bool = False) -> Path:
+def train_hoe(recipe, rs_manifest: Path, out: Path, steps: int = 3) -> Path:
     """The tiny HoE set of the Rewarded Soups specialists: LoRA experts, fidelity and z*, and each router
     trained in-process (``steps`` PPO steps, the router recipe) as the Ray job's workers would."""
     from soupkitchen.hoe.build import (
@@ -145,7 +145,7 @@ def train_hoe(recipe, rs_manifest: Path, out: Path, steps: int = 3, ablation: bo
     measure(recipe, out, manifest)
     rr = router_recipe(recipe)
     trained = []
-    for spec in router_specs(recipe, out, ablation):
+    for spec in router_specs(recipe, out):
         trainer = build_trainer(rr, spec.weights, space=manifest.space, router=spec.router)
         trainer, history = train_tiny(rr, spec.weights, steps, trainer=trainer)
         facts = training_facts(rr, spec.router) | {"history": [h["reward/scalarized"] for h in history]}

@@ -29,6 +29,7 @@ class HoEConfig(Schema):
     router_learning_rate: float = Field(1e-3, gt=0.0)  # W starts at 0: a LoRA's rate barely moves it
     omd_step: float = Field(0.5, gt=0.0)  # α of the OMD-STCH update, Eq. 18 (not given by the paper)
     ideal_offset: float = Field(0.0)  # z*_i = expert i's mean z on objective i + this (Eq. 6's z*)
+    ablation: bool = False  # also train each router over the single-objective experts (Sec. 6.1's "1 Router")
 
     @model_validator(mode="after")
     def _rows_on_simplex(self):

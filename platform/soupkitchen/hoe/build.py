@@ -100,12 +100,12 @@ def router_recipe(recipe: Recipe) -> Recipe:
     return from_dict(Recipe, tree).validate()
 
 
-def router_specs(recipe: Recipe, directory: Path, ablation: bool = False) -> list[BackboneSpec]:
-    """One policy spec per router of ``hoe.routers`` over all LoRA experts (and, with ``ablation``, each
+def router_specs(recipe: Recipe, directory: Path) -> list[BackboneSpec]:
+    """One policy spec per router of ``hoe.routers`` over all LoRA experts (and, with ``hoe.ablation``, each
     again over the single-objective experts only): w = its λ, ``router`` what its workers build."""
     doc = HoEManifest.read(directory)
     n = len(doc.objectives)
-    pools = ["all", "single"] if ablation and len(doc.lora) > n else ["all"]
+    pools = ["all", "single"] if recipe.hoe.ablation and len(doc.lora) > n else ["all"]
     entries = [
         router_entry(doc, f"hoe-router{k}" + ("" if pool == "all" else "-single"), lam, pool)
         for pool in pools
@@ -165,12 +165,10 @@ def record_routers(directory: Path, trained: list[tuple[RouterJob, dict, dict]])
     return doc
 
 
-def train_routers(
-    recipe: Recipe, directory: Path, run_name: str, storage: str, ablation: bool = False
-) -> HoEManifest:
+def train_routers(recipe: Recipe, directory: Path, run_name: str, storage: str) -> HoEManifest:
     """Every router of ``router_specs`` as one Ray Train PPO run each (the launcher every policy uses), in
     the set's reward space; their weights and training facts go into the set."""
-    specs = router_specs(recipe, directory, ablation)
+    specs = router_specs(recipe, directory)
     doc = HoEManifest.read(directory)
     if not specs:
         return doc
@@ -210,7 +208,6 @@ def build_hoe(
     run_name: str,
     storage: str,
     train: bool = True,
-    ablation: bool = False,
 ) -> Path:
     """Algorithm 1 (module docstring) from the Rewarded Soups manifest ``sources``; returns the set's dir."""
     manifest = BackboneManifest.read(sources, "--rewarded-soups")
@@ -222,5 +219,5 @@ def build_hoe(
     build_experts(out, recipe, task_vectors(manifest), manifest.space)
     measure(recipe, out, manifest)
     if train:
-        train_routers(recipe, out, run_name, storage, ablation)
+        train_routers(recipe, out, run_name, storage)
     return out

@@ -122,3 +122,25 @@ class HoEManifest(Schema):
         tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=1))
         os.replace(tmp, path)
         return path
+
+
+def describe(doc: HoEManifest) -> str:
+    """The set for people: one line per expert (λ, kind, rank, extraction error, votes), fidelity, z*."""
+    lines = []
+    for e in doc.experts:
+        lam = "[" + ", ".join(f"{x:.2f}" for x in e.preference) + "]"
+        if e.kind == "lora":
+            how = f"merge {e.merge}" if e.merge else "single-objective"
+            lines.append(f"  {e.name:<20} lora   λ={lam} r={e.r} ‖BA−τ‖/‖τ‖={e.relative_error:.3f} ({how})")
+        else:
+            init = ", ".join(f"{x:.2f}" for x in e.init)
+            lines.append(f"  {e.name:<20} router λ={lam} votes {e.votes} from [{init}]")
+    for name, f in doc.fidelity.items():
+        d, lo, hi = f["difference"]
+        lines.append(
+            f"  fidelity {name}: z_{f['objective']} {f['expert_z']:.3f} vs parent {f['parent']} "
+            f"{f['parent_z']:.3f} (Δ {d:+.3f} [{lo:+.3f}, {hi:+.3f}], {f['prompts']} prompts)"
+        )
+    if doc.ideal is not None:
+        lines.append("  z* = [" + ", ".join(f"{x:.3f}" for x in doc.ideal) + "]")
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ from soupkitchen.merging.bundle import (
     adapters_from_manifest,
     attach_hoe,
     attach_value_models,
+    check_bundle,
     load_bundle,
     write_bundle,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "load_adapter_state",
     "attach_hoe",
     "attach_value_models",
+    "check_bundle",
     "load_bundle",
     "lora_spec",
     "materialize",

@@ -388,6 +388,18 @@ def attach_value_models(directory: str | Path, value_models) -> Bundle:
     return _rewrite(Path(directory), value_models=value_models)
 
 
+def check_bundle(directory: str | Path, objectives: Sequence[str], flag: str = "--bundle") -> None:
+    """A ConfigError naming ``flag`` unless ``directory`` is a soup bundle for ``objectives``."""
+    try:
+        doc = BundleManifest.read(directory)
+    except ConfigError as err:
+        raise ConfigError(flag, f"{directory}: {err}") from None
+    if doc.objectives != list(objectives):
+        raise ConfigError(
+            flag, f"{directory} serves objectives {doc.objectives}, the recipe has {list(objectives)}"
+        )
+
+
 def attach_hoe(directory: str | Path, hoe: str | Path) -> Bundle:
     """Re-write the bundle at ``directory`` (atomically) with the HoE expert set ``hoe``; return it."""
     return _rewrite(Path(directory), hoe=Path(hoe))

@@ -30,7 +30,13 @@ from soupkitchen.data import load_prompt_records
 from soupkitchen.manifests import BackboneEntry, write_manifest
 from soupkitchen.methods import Method
 from soupkitchen.models import gguf_path
-from soupkitchen.reward_space import RewardSpace, calibrate_recipe, effective_weights, load_or_calibrate
+from soupkitchen.reward_space import (
+    RewardSpace,
+    calibrate_recipe,
+    check_shared_space,
+    effective_weights,
+    load_or_calibrate,
+)
 from soupkitchen.rewards.registry import validate_reward_params
 from soupkitchen.tracking import RunLogger
 from soupkitchen.training.grpo import grpo_plan
@@ -50,8 +56,9 @@ def run_dir(storage: str, run_name: str) -> Path:
     return Path(f"{storage}/{run_name}" if "://" not in storage else Path("outputs") / run_name)
 
 
-def preflight(recipe: Recipe, method: Method) -> list[BackboneSpec]:
-    """Fail before any worker starts: reward params, prompts, model source, backbone weights."""
+def preflight(recipe: Recipe, method: Method, specs: list[BackboneSpec] | None = None) -> list[BackboneSpec]:
+    """Fail before any worker starts: reward params, prompts, model source, backbone weights (``specs``: the
+    caller's policies, else the method's)."""
     for i, r in enumerate(recipe.rewards):
         validate_reward_params(r, f"rewards.{i}")
     if len(load_prompt_records(recipe.data, "train")) < 1:
@@ -59,8 +66,10 @@ def preflight(recipe: Recipe, method: Method) -> list[BackboneSpec]:
     if recipe.model.source == "gguf":
         gguf_path(recipe.model)
     if recipe.ppo.algorithm == "grpo":
-        if method is Method.MOC:
-            raise ConfigError("ppo.algorithm", "MOC trains with its own PPO objective: use ppo.algorithm ppo")
+        if method in (Method.MOC, Method.HOE):
+            raise ConfigError(
+                "ppo.algorithm", f"{method} trains with its own PPO objective: use ppo.algorithm ppo"
+            )
         grpo_plan(recipe)
     if (
         recipe.model.source == "hf"
@@ -68,6 +77,9 @@ def preflight(recipe: Recipe, method: Method) -> list[BackboneSpec]:
         and not Path(recipe.model.name).exists()
     ):
         raise ConfigError("model.name", f"local model directory {recipe.model.name} does not exist")
+    if specs:
+        check_shared_space(recipe, [s.weights for s in specs])
+        return specs
     return backbone_specs(recipe, method)
 
 
@@ -131,8 +143,7 @@ def train_backbones(
 ) -> Path:
     """Train ``specs`` (default: the backbones ``method`` needs) in parallel; returns the manifest path."""
     method = Method(method)
-    checked = preflight(recipe, method)  # checks the recipe's files even when the caller names the specs
-    specs = specs or checked
+    specs = preflight(recipe, method, specs)
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     reward_space = load_or_calibrate(
         recipe, run_dir(storage, run_name) / "reward_space.json", calibrate_on_cluster
