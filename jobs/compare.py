@@ -1,4 +1,4 @@
-"""Bone Soup vs Rewarded Soups vs MORLHF vs MOC vs RiC vs SFT in one command: train, then compare fronts.
+"""Bone Soup vs Rewarded Soups vs MORLHF vs MOC vs RiC vs HoE vs SFT in one command: train, then compare.
 
     python jobs/compare.py --recipe demo                                    # local Ray
     ray job submit --working-dir . -- python jobs/compare.py --recipe tiny --run-name tiny-compare
@@ -7,9 +7,11 @@
    train_backbones.py): Bone Soup's backbones (w = columns of B(β)), Rewarded Soups' (w = e_i) and
    MORLHF's (w = μ for each μ of ``soup.morlhf_preferences``) and MOC's one preference-conditioned policy;
    a w that two methods need is one PPO run, and every policy gets the same PPO budget. RiC (supervised)
-   then trains in the same reward space.
+   then trains in the same reward space; HoE's experts are extracted from the Rewarded Soups specialists
+   and its routers trained over them (``soupkitchen.hoe.build``).
 2. One manifest per method (``<out>/<method>/manifest.json``) and a soup bundle for Bone Soup and
-   Rewarded Soups (``<out>/bundles/<method>``, carrying the MOC / RiC policies), ready for serving.
+   Rewarded Soups (``<out>/bundles/<method>``, carrying the MOC / RiC policies and HoE's experts), ready
+   for serving.
 3. The evaluation of all of them: table, points.csv, metrics.csv, front.png, MLflow (``<out>/eval``).
 Re-running with the same --run-name resumes unfinished policies and reuses finished ones.
 See ``soupkitchen.comparison``.
@@ -25,6 +27,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # show every backbone's progress l
 from soupkitchen import cli  # noqa: E402
 from soupkitchen.comparison import compare  # noqa: E402
 from soupkitchen.evaluation import format_table  # noqa: E402
+from soupkitchen.hoe.manifest import HoEManifest, describe  # noqa: E402
 from soupkitchen.methods import GUIDED_MODES, Method, names, parse_guided_modes, parse_subset  # noqa: E402
 from soupkitchen.training.launcher import storage_root  # noqa: E402
 
@@ -59,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     print("evaluation: " + ", ".join(str(p) for p in done.files.values()))
     if "moc_vs_backbone" in done.costs:
         print(f"training wall time, MOC / one PPO backbone: {done.costs['moc_vs_backbone']:.2f}")
+    if done.hoe:
+        print(f"HoE experts ({done.hoe}):\n{describe(HoEManifest.read(done.hoe))}")
+        routers = {k: v for k, v in done.costs.items() if k.startswith("hoe-")}
+        print("HoE router training wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in routers.items()))
     print(f"run directory: {done.out}")
     return 0
 

@@ -177,8 +177,8 @@ def test_two_workers_under_zero3_split_the_batch_and_resume_with_their_optimizer
 def test_compare_trains_each_distinct_policy_once_and_evaluates_all_methods(ray_head, tmp_path):
     """jobs/compare.py through `ray job submit`: BS, RS and MORLHF policies (4 distinct w on tiny: MORLHF at
     μ = e_i is RS) and MOC's one policy train in parallel, RiC in the same reward space; one manifest per
-    method and a bundle per soup (carrying MOC and RiC) are written, and every front is evaluated, unseen
-    preferences included."""
+    method and a bundle per soup (carrying MOC, RiC and HoE's experts, built from the RS specialists with a
+    router trained after) are written, and every front is evaluated, unseen preferences included."""
     storage, run = tmp_path / "runs", "tiny-cmp"
     out = tmp_path / "out"
     job = ray_head["ray"](
@@ -216,6 +216,8 @@ def test_compare_trains_each_distinct_policy_once_and_evaluates_all_methods(ray_
         "8",
         "--ric.samples_per_prompt",
         "2",
+        "--hoe.router_steps",
+        "2",
         "--soup.morlhf_preferences",
         "[[1.0, 0.0], [0.0, 1.0]]",  # the RS specialists: 4 distinct PPO policies + MOC (2 CPUs)
         env=ray_head["env"],
@@ -250,19 +252,25 @@ def test_compare_trains_each_distinct_policy_once_and_evaluates_all_methods(ray_
 
     bundle = load_bundle(out / "bundles" / "bone_soup")
     assert bundle.beta == 0.7 and [c.method for c in bundle.conditioned] == ["moc", "ric"]
+    assert bundle.hoe_routers == ["hoe-router0"] and bundle.hoe.manifest.ideal is not None
     assert load_bundle(out / "bundles" / "rewarded_soups").beta is None
     with (out / "eval" / "metrics.csv").open() as f:
         methods = [line.split(",")[0] for line in f][1:]
-    grid = ["bone_soup", "bone_soup_a0.2", "rewarded_soups", "morlhf", "moc", "ric", "sft"]
+    grid = ["bone_soup", "bone_soup_a0.2", "rewarded_soups", "morlhf", "moc", "ric"]
+    grid += ["hoe", "hoe_lora", "hoe_linear", "sft"]
     unseen = [
         "bone_soup@unseen1",
         "bone_soup_a0.2@unseen1",
         "rewarded_soups@unseen1",
         "moc@unseen1",
         "ric@unseen1",
+        "hoe@unseen1",
+        "hoe_lora@unseen1",
+        "hoe_linear@unseen1",
     ]
     assert methods == grid + unseen
     assert "hypervolume ratio bone_soup/rewarded_soups" in log and "hypervolume ratio moc/bone_soup" in log
+    assert "hypervolume ratio hoe/rewarded_soups" in log and "[hoe-router0] step 2/2" in log
     assert "training wall time, MOC / one PPO backbone" in log and ric["backbones"][0]["name"] == "ric-0"
     import mlflow
 

@@ -17,6 +17,8 @@ import numpy as np
 from soupkitchen.conditioning import Conditioning
 from soupkitchen.config import Recipe, from_dict, to_dict
 from soupkitchen.evaluation import EvalResult, evaluate_front
+from soupkitchen.hoe.build import build_hoe
+from soupkitchen.hoe.manifest import HoEManifest
 from soupkitchen.manifests import BackboneManifest, write_manifest
 from soupkitchen.merging import write_bundle
 from soupkitchen.methods import SOUPS, Method, Mode
@@ -34,9 +36,12 @@ def policy_weights(recipe: Recipe, methods: Sequence[Method]) -> list[list[float
 
 
 def union_specs(recipe: Recipe, methods: Sequence[Method]) -> tuple[Recipe, list]:
-    """The one training run of ``methods``: MORLHF over every distinct w of the backbone methods, plus the
-    MOC policy when asked (RiC is supervised: ``training.ric``). Returns (the run's recipe, its specs)."""
-    backbone = [m for m in methods if not Method(m).conditioned]
+    """The one training run of ``methods``: MORLHF over every distinct w of the backbone methods (HoE's
+    experts come from the Rewarded Soups specialists), plus the MOC policy when asked (RiC is supervised:
+    ``training.ric``; HoE's routers train after, over its experts). Returns (the run's recipe, its specs)."""
+    backbone = [m for m in methods if not Method(m).conditioned and m is not Method.HOE]
+    if Method.HOE in methods and Method.REWARDED_SOUPS not in backbone:
+        backbone.append(Method.REWARDED_SOUPS)
     tree = to_dict(recipe)
     if backbone:
         tree["soup"]["morlhf_preferences"] = policy_weights(recipe, backbone)
@@ -54,7 +59,7 @@ def method_manifests(
     by_name = {b.name: b for b in union.backbones}
     by_w = {tuple(b.weights): b for b in union.backbones if not b.name.startswith(f"{Method.MOC}-")}
     paths = {}
-    for m in (Method(m) for m in methods if m is not Method.RIC):
+    for m in (Method(m) for m in methods if m not in (Method.RIC, Method.HOE)):
         if m is Method.MOC:
             (spec,) = backbone_specs(recipe, m)
             entries, cond = [by_name[spec.name]], Conditioning(kind="preference", prompt=recipe.moc.prompt)
@@ -67,16 +72,19 @@ def method_manifests(
     return paths
 
 
-def training_costs(manifests: dict[Method, Path]) -> dict[str, float]:
-    """Wall time of every trained policy (s) and, with MOC, ``moc_vs_backbone``: MOC's over the mean of
-    the PPO backbones' (all trained at once on the same cluster, so they share its contention)."""
+def training_costs(manifests: dict[Method, Path], hoe: Path | None = None) -> dict[str, float]:
+    """Wall time of every trained policy and HoE router (s) and, with MOC, ``moc_vs_backbone``: MOC's over
+    the mean of the PPO backbones' (all trained at once on the same cluster, so they share its contention)."""
     seconds = {}
     for path in manifests.values():
         for b in BackboneManifest.read(path).backbones:
             if b.train_seconds is not None:
                 seconds[b.name] = b.train_seconds
+    for e in HoEManifest.read(hoe).routers if hoe else []:
+        if e.training.get("train_seconds") is not None:
+            seconds[e.name] = e.training["train_seconds"]
     moc = [v for k, v in seconds.items() if k.startswith(f"{Method.MOC}-")]
-    others = [v for k, v in seconds.items() if not k.startswith(f"{Method.MOC}-")]
+    others = [v for k, v in seconds.items() if not k.startswith((f"{Method.MOC}-", "hoe-"))]
     if moc and others:
         seconds["moc_vs_backbone"] = moc[0] / float(np.mean(others))
     return seconds
@@ -105,10 +113,14 @@ def conditioned_policies(manifests: dict[Method, Path]) -> list[tuple]:
 
 
 def write_bundles(
-    recipe: Recipe, manifests: dict[Method, Path], out: Path, gamma: float | None = None
+    recipe: Recipe,
+    manifests: dict[Method, Path],
+    out: Path,
+    gamma: float | None = None,
+    hoe: Path | None = None,
 ) -> dict[Method, Path]:
     """A soup bundle per soup (Bone Soup with the recipe's β and α; Rewarded Soups) under out/bundles, each
-    carrying the run's MOC / RiC policies (serving modes ``moc`` / ``ric``)."""
+    carrying the run's MOC / RiC policies and HoE set (serving modes ``moc`` / ``ric`` / ``hoe``)."""
     bundles = {}
     conditioned = conditioned_policies(manifests)
     for m in SOUPS:
@@ -132,6 +144,7 @@ def write_bundles(
             reward_space=space,
             diagnostics=diagnostics(doc, space),
             conditioned=conditioned,
+            hoe=hoe,
         )
         bundles[m] = out / "bundles" / m
     return bundles
@@ -156,6 +169,7 @@ class Comparison:
     result: EvalResult
     files: dict[str, Path]
     costs: dict[str, float]  # ``training_costs``: seconds per policy, MOC's ratio to a backbone
+    hoe: Path | None = None  # HoE's expert set (``hoe.build``), when compared
 
 
 def compare(
@@ -167,8 +181,9 @@ def compare(
     modes: Sequence[Mode] = (),
 ) -> Comparison:
     """Train the union of the methods' PPO policies (as MORLHF over every w: one linear-scalarisation PPO run
-    per distinct w, and MOC's policy), then RiC in the same reward space; split, bundle, register and
-    evaluate them (+ the guided ``modes``) under ``out``."""
+    per distinct w, and MOC's policy), then RiC in the same reward space, then HoE's experts from the
+    Rewarded Soups specialists and its routers; split, bundle, register and evaluate them (+ the guided
+    ``modes``) under ``out``."""
     union, specs = union_specs(recipe, methods)
     out = Path(out or run_dir(storage, run_name))
     manifests = {}
@@ -179,9 +194,16 @@ def compare(
         space = run_dir(storage, run_name) / "reward_space.json" if specs else None
         ric = BackboneManifest.read(train_ric(recipe, f"{run_name}-ric", storage, reward_space=space))
         manifests[Method.RIC] = ric.write(out / Method.RIC / "manifest.json")
-    bundles = write_bundles(recipe, manifests, out)
+    hoe = None
+    if Method.HOE in methods:
+        rs = manifests.get(Method.REWARDED_SOUPS)
+        rs = (
+            rs
+            or method_manifests(recipe, [Method.REWARDED_SOUPS], trained, out / "hoe")[Method.REWARDED_SOUPS]
+        )
+        hoe = build_hoe(recipe, rs, out / "hoe" / "experts", f"{run_name}-hoe", storage)
+    bundles = write_bundles(recipe, manifests, out, hoe=hoe)
     register_bundles(recipe, bundles, run_name)
-    result, files = evaluate_front(
-        recipe, {m: str(p) for m, p in manifests.items()}, out / "eval", modes=modes
-    )
-    return Comparison(out, manifests, bundles, result, files, training_costs(manifests))
+    paths = {m: str(p) for m, p in manifests.items()} | ({Method.HOE: str(hoe)} if hoe else {})
+    result, files = evaluate_front(recipe, paths, out / "eval", modes=modes)
+    return Comparison(out, manifests, bundles, result, files, training_costs(manifests, hoe), hoe)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     recipe: Recipe = config["recipe"]  # validated by the launcher; travels as the object
     spec: BackboneSpec = config["backbone"]
+    quiet_train_reports()
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     device = resolve_device("cuda" if recipe.distributed.use_gpu else "cpu")
@@ -275,6 +277,14 @@ def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run_id: 
         ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"))
     logger.log_normalizer(result["normalizer"])
     logger.finish()
+
+
+def quiet_train_reports() -> None:
+    """Ray Train logs every ``ray.train.report`` as the whole metrics dict at INFO ("Reporting training
+    result N: TrainingReport(...)"); the progress line already says it for people. Its logger is named
+    after its file (``logging.getLogger(__file__)``), so it is silenced by that name (no private import)."""
+    name = Path(ray.train.__file__).parent / "v2" / "_internal" / "execution" / "context.py"
+    logging.getLogger(str(name)).setLevel(logging.WARNING)
 
 
 def say(line: str) -> None:
