@@ -45,6 +45,15 @@ class HoEState(MixState):
         self.m = m
         self.routers = list(routers)
         self.reference = False  # routers emit their initial mix: π_ref of router training
+        self._seen: torch.Tensor | None = None
+        self._routed = False
+
+    def routed(self) -> bool:
+        """Whether any row of the current coefficients selects a router (computed once per tensor set, not
+        once per module: on CUDA each check is a device sync)."""
+        if self.c is not self._seen:
+            self._seen, self._routed = self.c, bool(self.routers) and bool((self.c[..., self.m :] != 0).any())
+        return self._routed
 
 
 class HoELoRALinear(MixedLoRALinear):
@@ -83,7 +92,7 @@ class HoELoRALinear(MixedLoRALinear):
     def coefficients(self, x: torch.Tensor) -> torch.Tensor:
         c = self.mix.rows_for(x)
         static, w = c[..., : self.n], c[..., self.n :]
-        if not self.R or not bool((w != 0).any()):
+        if not self.mix.routed():
             return static
         if self.mix.reference:
             p = self.init.view(*([1] * (x.ndim - 1)), self.R, self.N)
