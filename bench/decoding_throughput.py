@@ -15,34 +15,24 @@ Cases are interleaved ``--repeats`` times (so they see the same machine load) an
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import numpy as np
 import torch
 
-from soupkitchen.benchmarks import random_adapters, timed
-from soupkitchen.config import load_recipe, parse_cli_overrides
+from soupkitchen.benchmarks import bench_parser, bench_setup, interleaved, random_adapters
 from soupkitchen.data import load_prompt_records
 from soupkitchen.decoding import AdapterRoles, DecodeSettings, decode
 from soupkitchen.merging import build_mixed_model, use_coefficients
 from soupkitchen.methods import Mode
-from soupkitchen.models import format_prompt, load_base_model, resolve_device
+from soupkitchen.models import format_prompt, load_base_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default="demo")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
-    p.add_argument("--tokens", type=int, default=32, help="new tokens per row (forced, default 32)")
+    p = bench_parser(__doc__)
     p.add_argument("--gamma", type=float, default=1.0)
-    p.add_argument("--repeats", type=int, default=3)
-    args, rest = p.parse_known_args(argv)
-    recipe = load_recipe(args.recipe, parse_cli_overrides(rest))
-    device = resolve_device(args.device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    args, recipe, device, sync = bench_setup(p, argv)
     n = len(recipe.objectives)
     torch.manual_seed(0)
     model, tok = load_base_model(recipe.model, device=device)
@@ -88,12 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = {k: (lambda plans=v: guided(plans)) for k, v in cases.items()}
         runs["hf-plain"] = hf
-        for fn in runs.values():
-            fn()  # warm-up
-        times = {k: [] for k in runs}
-        for _ in range(args.repeats):
-            for k, fn in runs.items():
-                times[k].append(timed(fn, sync))
+        times = interleaved(runs, args.repeats, sync)
         tps = {k: b * args.tokens / statistics.median(v) for k, v in times.items()}
         rows = {k: sum(pl.width for pl in v) / b for k, v in cases.items()}
         print(f"\nbatch {b}:")

@@ -19,36 +19,25 @@ the repeats of each repeat's time ratio, with a 95% bootstrap interval over the 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import numpy as np
 import torch
 
-from soupkitchen.benchmarks import random_adapters, timed
+from soupkitchen.benchmarks import bench_parser, bench_setup, interleaved, random_adapters
 from soupkitchen.bootstrap import percentile_interval
-from soupkitchen.config import load_recipe, parse_cli_overrides
 from soupkitchen.data import load_prompt_records
 from soupkitchen.decoding import AdapterRoles, Component, DecodeSettings, RowPlan, decode
 from soupkitchen.hoe import ExpertStack, Router, build_hoe_model
 from soupkitchen.hoe.layer import hoe_layers
 from soupkitchen.merging import build_mixed_model
 from soupkitchen.methods import Mode
-from soupkitchen.models import format_prompt, load_base_model, resolve_device
+from soupkitchen.models import format_prompt, load_base_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default="demo")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
-    p.add_argument("--tokens", type=int, default=32, help="new tokens per row (forced, default 32)")
-    p.add_argument("--repeats", type=int, default=5)
-    args, rest = p.parse_known_args(argv)
-    recipe = load_recipe(args.recipe, parse_cli_overrides(rest))
-    device = resolve_device(args.device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    args, recipe, device, sync = bench_setup(bench_parser(__doc__, repeats=5), argv)
     n = len(recipe.objectives)
     if n != 2:
         print(
@@ -122,12 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             k: (lambda m=m, pl=pl, batch=batch: decode(m, tok, batch, pl, st, device=device))
             for k, (m, pl) in cases.items()
         }
-        for fn in runs.values():
-            fn()  # warm-up
-        times = {k: [] for k in runs}
-        for _ in range(args.repeats):
-            for k, fn in runs.items():
-                times[k].append(timed(fn, sync))
+        times = interleaved(runs, args.repeats, sync)
         print(f"\nbatch {b} (hoe-router: {active:.1f} experts selected per row, 3 LoRA experts per token):")
         for k, v in times.items():
             tps = b * args.tokens / statistics.median(v)

@@ -18,31 +18,21 @@ Each case is timed ``--repeats`` times, interleaved, and the median is reported.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import torch
 
-from soupkitchen.benchmarks import random_adapters, timed
-from soupkitchen.config import load_recipe, parse_cli_overrides
+from soupkitchen.benchmarks import bench_parser, bench_setup, random_adapters, timed
 from soupkitchen.data import load_prompt_records
 from soupkitchen.merging import build_mixed_model, materialize, set_coefficients
-from soupkitchen.models import attach_lora, format_prompt, load_base_model, resolve_device
+from soupkitchen.models import attach_lora, format_prompt, load_base_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", default="demo")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch", default="16", help="comma-separated batch sizes (default 16)")
-    p.add_argument("--tokens", type=int, default=32, help="new tokens per row (forced, default 32)")
+    p = bench_parser(__doc__, batch="16")
     p.add_argument("--n", type=int, default=None, help="adapters in the mix (default: number of objectives)")
-    p.add_argument("--repeats", type=int, default=3)
-    args, rest = p.parse_known_args(argv)
-    recipe = load_recipe(args.recipe, parse_cli_overrides(rest))
-    device = resolve_device(args.device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    args, recipe, device, sync = bench_setup(p, argv)
     n = args.n or len(recipe.objectives)
     torch.manual_seed(0)
     adapters = random_adapters(recipe, n, device)

@@ -138,6 +138,7 @@ def test_defaults_and_greedy():
         ({"prompt": "x", "alpha": 1.5}, "alpha", ["[0, 1]", "got 1.5"]),
         ({"prompt": "x", "mode": "rewarded_soup"}, "mode", ["did you mean 'rewarded_soups'?"]),
         ({"prompt": "x", "mode": "mage_e"}, "mode", ["not available", "no value models"]),
+        ({"prompt": "x", "mode": "hoe"}, "mode", ["not available", "no HoE expert set", "build_hoe.py"]),
         ({"prompt": "x", "top_p": 0}, "top_p", ["(0, 1]", "got 0"]),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", ["'system', 'user'"]),
     ],

@@ -6,14 +6,15 @@ the inputs of both sides the same.
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
 import torch
 from peft import get_peft_model_state_dict
 
-from soupkitchen.config import Recipe
-from soupkitchen.models import attach_lora, load_base_model
+from soupkitchen.config import Recipe, load_recipe, parse_cli_overrides
+from soupkitchen.models import attach_lora, load_base_model, resolve_device
 
 
 def random_adapters(recipe: Recipe, n: int, device: str) -> list[dict[str, torch.Tensor]]:
@@ -37,3 +38,39 @@ def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     fn()
     sync()
     return time.perf_counter() - t
+
+
+def bench_parser(doc: str, batch: str = "1,16", repeats: int = 3) -> argparse.ArgumentParser:
+    """The decoding benches' flags: --recipe, --device, --batch, --tokens (forced), --repeats; any other
+    --section.key VALUE overrides the recipe (``bench_setup``)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--recipe", default="demo")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", default=batch, help=f"comma-separated batch sizes (default {batch})")
+    p.add_argument("--tokens", type=int, default=32, help="new tokens per row (forced, default 32)")
+    p.add_argument("--repeats", type=int, default=repeats, help=f"interleaved repeats (default {repeats})")
+    return p
+
+
+def bench_setup(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """``(args, recipe, device, sync)``: the parsed flags, the recipe with the overrides, the resolved
+    device and the synchronisation ``timed`` needs on it."""
+    args, rest = parser.parse_known_args(argv)
+    recipe = load_recipe(args.recipe, parse_cli_overrides(rest))
+    device = resolve_device(args.device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    return args, recipe, device, sync
+
+
+def interleaved(
+    runs: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]
+) -> dict[str, list]:
+    """Seconds of each run, ``repeats`` times, the runs interleaved (so they see the same machine load),
+    after one warm-up call each."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, fn in runs.items():
+            times[k].append(timed(fn, sync))
+    return times

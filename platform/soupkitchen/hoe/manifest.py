@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from soupkitchen.config import ConfigError, from_dict
+from soupkitchen.config import ConfigError, from_dict, read_format
 from soupkitchen.config.schema import Schema
 
 HOE_FORMAT = "soupkitchen.hoe/v1"
@@ -104,13 +104,7 @@ class HoEManifest(Schema):
         path = Path(directory) / HOE_FILE
         if not path.is_file():
             raise ConfigError(flag, f"{path} not found; build the experts with jobs/build_hoe.py")
-        try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(flag, f"{path} is not valid JSON ({err}); re-build the experts") from None
-        found = doc.get("format") if isinstance(doc, dict) else None
-        if found != HOE_FORMAT:
-            raise ConfigError(flag, f"{path}: expected format {HOE_FORMAT!r}, got {found!r}")
+        doc = read_format(path, flag, HOE_FORMAT, "HoE expert manifest")
         try:
             return from_dict(cls, doc)
         except ConfigError as err:
