@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{list(recipe.lora.target_modules)}, γ={args.gamma}, {args.tokens} new tokens per row, greedy, "
         f"median of {args.repeats} interleaved runs"
     )
-    for b in (int(x) for x in args.batch.split(",")):
+    for b in args.batch:
         batch = (prompts * (b // len(prompts) + 1))[:b]
         mus = torch.distributions.Dirichlet(torch.ones(n)).sample((b,)).double().numpy()
         mus /= mus.sum(1, keepdims=True)

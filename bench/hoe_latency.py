@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  hoe   {stored['hoe']:>12,}   trainable {routers:,} (one router; its LoRA experts are extracted)"
     )
     rng = np.random.default_rng(0)
-    for b in (int(x) for x in args.batch.split(",")):
+    for b in args.batch:
         batch = (prompts * (b // len(prompts) + 1))[:b]
         routed = np.stack([[w, 1 - w] for w in rng.uniform(0.55, 0.95, b)])  # selects the router
         mixed = rng.dirichlet(np.ones(n), b)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         f"recipe {recipe.name}, device {device}, n={n} adapters, LoRA r={recipe.lora.r} "
         f"on {list(recipe.lora.target_modules)}, {args.tokens} new tokens per row, median of {args.repeats}"
     )
-    for b in (int(x) for x in args.batch.split(",")):
+    for b in args.batch:
         batch = (fmt * (b // len(fmt) + 1))[:b]
         mu = torch.distributions.Dirichlet(torch.ones(n)).sample((b,))  # a different μ for every row
         set_coefficients(mixed, mu)

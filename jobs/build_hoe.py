@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args, recipe = cli.parse_recipe(parser, argv)
     name = args.run_name or f"{recipe.name}-hoe"
     if args.bundle:  # refused now, not after the routers trained
-        check_bundle(args.bundle, recipe.objectives)
+        check_bundle(args.bundle, recipe)
     out = build_hoe(
         recipe,
         args.rewarded_soups,

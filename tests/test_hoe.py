@@ -5,13 +5,17 @@ the HoE front in evaluation and the bundle's mode ``hoe``."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
+from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ConfigError, LoraConfig, load_recipe
+from soupkitchen.evaluation import evaluate_front
 from soupkitchen.hoe import (
     ExpertStack,
     HoEManifest,
@@ -83,7 +87,6 @@ def test_trained_router_mixes_per_token_as_eq_11(stack):
     """With random router weights each module's coefficients are c + ω·scatter(softmax(Wx + b)) per token,
     the output is W0 x + Σ_j ω_l,j s_j B_j A_j x, gradients reach the router only, and a batch without
     router rows never computes one (the per-row fast path)."""
-    recipe = stack[0]
     hoe = _hoe(stack, [Router("r", [2, 0], [0.5, 0.5])])
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -120,7 +123,7 @@ def test_trained_router_mixes_per_token_as_eq_11(stack):
     calls = []
     layer.router_probs = lambda x: calls.append(1)  # noqa: ARG005
     _logits(hoe, stack[3], torch.tensor([[0.3, 0.7, 0.0, 0.0]] * 3))
-    assert not calls and recipe
+    assert not calls
 
 
 def test_lora_weights_reference_matches_the_layer(stack):
@@ -137,6 +140,11 @@ def test_lora_weights_reference_matches_the_layer(stack):
 def test_build_hoe_model_refuses_bad_routers(stack):
     with pytest.raises(ValueError, match="do not fit"):
         _hoe(stack, [Router("r", [0, 7], [0.5, 0.5])])
+    hoe = _hoe(stack, [Router("r", [0, 1], [0.5, 0.5])])
+    name, layer = next(iter(hoe_layers(hoe)))
+    partial = {name: (layer.router_weight.detach()[:2], layer.router_bias.detach()[:2])}
+    with pytest.raises(ValueError, match="other modules"):  # a router file missing modules is refused
+        _hoe(stack, [Router("r", [0, 1], [0.5, 0.5], partial)])
     with pytest.raises(ValueError, match="same number"):
         _hoe(stack, [Router("r", [0, 1], [0.5, 0.5]), Router("s", [0, 1, 2], [0.2, 0.3, 0.5])])
 
@@ -199,12 +207,14 @@ def test_tiny_expert_set_manifest(tiny_hoe):
         "hoe_linear": ["hoe-warm", "hoe-calm"],
     }
     for e in doc.routers:
-        assert e.training["steps"] >= 1 and len(e.training["history"]) >= 1
+        assert e.training["steps"] == 3 and e.training["history"] == [1, 2, 3]
+        state = load_file(str(tiny_hoe / e.file))
+        assert len(state) == 2 * 3 and all(
+            v.abs().max() > 0 for k, v in state.items() if k.endswith("weight")
+        )
 
 
 def test_tiny_set_is_checked_on_load(tiny_hoe, tmp_path):
-    import shutil
-
     copy = tmp_path / "hoe"
     shutil.copytree(tiny_hoe, copy)
     (copy / "hoe-calm.safetensors").write_bytes(b"broken")
@@ -215,6 +225,15 @@ def test_tiny_set_is_checked_on_load(tiny_hoe, tmp_path):
     (copy / "hoe.json").write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="votes"):
         load_experts(copy)
+    shutil.copytree(tiny_hoe, tmp_path / "hoe2")
+    router = tmp_path / "hoe2" / "hoe-router0.safetensors"
+    state = load_file(str(router))
+    save_file({k: v for k, v in state.items() if ".0." not in k}, str(router))  # a module's weights lost
+    doc = json.loads((tmp_path / "hoe2" / "hoe.json").read_text())
+    doc["experts"][3]["sha256"] = sha256_of(router)
+    (tmp_path / "hoe2" / "hoe.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_experts(tmp_path / "hoe2")
 
 
 @torch.no_grad()
@@ -248,9 +267,7 @@ def test_hoe_fronts_in_the_evaluation(tiny_policies, tiny_hoe, tmp_path):
     """evaluate_front with --rewarded-soups and --hoe: the full HoE front and the ablation fronts on the same
     grid, prompts and decoding, HV ratios against RS with intervals, router columns in points.csv; at
     μ = e_i every configuration is expert i alone, so their points coincide (common random numbers)."""
-    from soupkitchen.evaluation import evaluate_front
-
-    recipe, trained = tiny_policies
+    _, trained = tiny_policies
     small = {"eval.num_prompts": 6, "eval.samples_per_prompt": 2, "eval.grid_step": 0.25}
     recipe = load_recipe("tiny", small)
     rs = trained["manifests"]["rewarded_soups"]

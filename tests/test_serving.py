@@ -11,10 +11,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import jobs.train_value_models as train_value_models_job
 import serve.app
 from soupkitchen.errors import ConfigError
+from soupkitchen.hoe.layer import hoe_layers
 from soupkitchen.merging import load_bundle
 from soupkitchen.methods import Mode
 from soupkitchen.preferences import Preference
@@ -364,7 +367,11 @@ def test_engine_serves_hoe_rows_batched_with_other_modes(engine):
     row[b.hoe_start] = 0.2  # λ = [.8, .2]: 0.2 · e_1 + 0.8 · router [.75, .25]
     row[b.stack_size] = 0.8
     assert plan.width == 1 and plan.components[0].c == pytest.approx(tuple(row))
-    assert info.route([0.8, 0.2]) == pytest.approx({"hoe-router0": 0.8, "hoe-warm": 0.2})
+    assert engine.prepare(reqs[0]).experts == pytest.approx({"hoe-router0": 0.8, "hoe-warm": 0.2})
+    assert engine.prepare(reqs[2]).experts is None
+    name, layer = next(iter(hoe_layers(engine.model)))  # the served router is the trained file, not its init
+    trained = load_file(str(engine.bundle.directory / "hoe" / "hoe-router0.safetensors"))
+    assert torch.equal(layer.router_weight.detach().cpu(), trained[f"{name}.weight"])
     together = _run(engine, reqs)
     assert together[0] == [_run(engine, [r])[0][0] for r in reqs]
     assert engine.plan(reqs[3]).components[0].c[b.hoe_start + 1] == 1.0  # e_2: the calm expert alone

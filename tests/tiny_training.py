@@ -148,7 +148,7 @@ def train_hoe(recipe, rs_manifest: Path, out: Path, steps: int = 3) -> Path:
     for spec in router_specs(recipe, out):
         trainer = build_trainer(rr, spec.weights, space=manifest.space, router=spec.router)
         trainer, history = train_tiny(rr, spec.weights, steps, trainer=trainer)
-        facts = training_facts(rr, spec.router) | {"history": [h["reward/scalarized"] for h in history]}
+        facts = training_facts(rr, spec.router) | {"steps": steps, "history": [h["step"] for h in history]}
         trained.append((spec.router, trainer.model.trainable_state_dict(), facts))
     record_routers(out, trained)
     return out

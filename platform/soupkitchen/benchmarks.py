@@ -53,9 +53,15 @@ def bench_parser(doc: str, batch: str = "1,16", repeats: int = 3) -> argparse.Ar
 
 
 def bench_setup(parser: argparse.ArgumentParser, argv: list[str] | None):
-    """``(args, recipe, device, sync)``: the parsed flags, the recipe with the overrides, the resolved
-    device and the synchronisation ``timed`` needs on it."""
+    """``(args, recipe, device, sync)``: the parsed flags (``args.batch`` a list of ints), the recipe with
+    the overrides, the resolved device and the synchronisation ``timed`` needs on it."""
     args, rest = parser.parse_known_args(argv)
+    try:
+        args.batch = [int(x) for x in str(args.batch).split(",")]
+    except ValueError:
+        parser.error(f"--batch: comma-separated batch sizes, got {args.batch!r}")
+    if min(args.batch) < 1 or args.tokens < 1 or args.repeats < 1:
+        parser.error("--batch, --tokens and --repeats must be >= 1")
     recipe = load_recipe(args.recipe, parse_cli_overrides(rest))
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

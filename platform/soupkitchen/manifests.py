@@ -197,6 +197,7 @@ class BundleManifest(Schema):
     value_models: list[ValueEntry] = []  # MAGE-E value models, one per objective, in objective order
     conditioned: list[ConditionedEntry] = []  # MOC / RiC policies served beside the soup (one per method)
     hoe: Literal["hoe"] | None = None  # HoE's expert set: the directory holding its hoe.json (hoe.manifest)
+    hoe_sha256: str | None = None  # of that hoe.json (each expert file's own sha256 is inside it)
     reward_space: dict[str, Any] | None = None  # RewardSpace.to_dict() of the run
     diagnostics: dict[str, Any] = {}  # facts about the trained backbones (effective_B...)
 
@@ -251,6 +252,8 @@ class BundleManifest(Schema):
                 raise ConfigError(
                     "reward_space", "disagrees with objectives/normalization; re-write the bundle"
                 )
+        if (self.hoe is None) != (self.hoe_sha256 is None):
+            raise ConfigError("hoe_sha256", "hoe and hoe_sha256 go together; re-attach the HoE set")
         if len(self.ref_point) != n:
             raise ConfigError("ref_point", f"must list one value per objective ({n}), got {self.ref_point}")
         return self

@@ -111,6 +111,7 @@ def router_specs(recipe: Recipe, directory: Path) -> list[BackboneSpec]:
         for pool in pools
         for k, lam in enumerate(recipe.hoe.router_preferences(n))
     ]
+    sha = {e.name: e.sha256 for e in doc.lora}
     if entries and doc.ideal is None:
         raise ConfigError("--hoe", f"{directory} has no z* yet: measure the experts before training routers")
     return [
@@ -118,14 +119,15 @@ def router_specs(recipe: Recipe, directory: Path) -> list[BackboneSpec]:
             e.name,
             e.preference,
             router=RouterJob(
-                str(directory.resolve()),
-                e.name,
-                e.votes,
-                e.init,
-                doc.ideal,
-                recipe.hoe.omd_step,
-                e.preference,
-                e.pool,
+                directory=str(directory.resolve()),
+                name=e.name,
+                votes=e.votes,
+                init=e.init,
+                ideal=doc.ideal,
+                omd_step=recipe.hoe.omd_step,
+                preference=e.preference,
+                pool=e.pool,
+                sha256=[sha[v] for v in e.votes],
             ),
         )
         for e in entries
@@ -172,6 +174,12 @@ def train_routers(recipe: Recipe, directory: Path, run_name: str, storage: str) 
     doc = HoEManifest.read(directory)
     if not specs:
         return doc
+    if "://" in storage:
+        raise ConfigError(
+            "--storage",
+            f"{storage} is remote: router workers read the expert set and the driver reads their checkpoints "
+            "from a filesystem every node shares; use a local or shared-filesystem path",
+        )
     space_path = run_dir(storage, run_name) / "reward_space.json"  # the sources' space: one reward space
     space_path.parent.mkdir(parents=True, exist_ok=True)
     space_path.write_text(json.dumps(doc.reward_space, indent=1))

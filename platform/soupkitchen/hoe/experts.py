@@ -1,14 +1,14 @@
 """HoE's experts: task vectors → LoRA experts (task-SVD, Eq. 4 merges) in a HoE directory, and loading one.
 
-    tau = [lora_task_vector(load_adapter_state(p), spec) for p in specialists]   # or dense_task_vector
-    doc = build_experts(out, recipe, sources, tau, space)                       # single + MO LoRA experts
-    experts = load_experts(out)                                                  # checked (sha256, shapes)
+    tau = [TaskVector(name, sha, lora_task_vector(load_adapter_state(p), spec)) ...]  # or dense_task_vector
+    doc = build_experts(out, recipe, tau, space)        # single + MO LoRA experts, hoe.json
+    experts = load_experts(out)                         # checked (sha256, ranks, router shapes)
 
 Single-objective LoRA expert i: task-SVD of τ_i (Sec. 3.1). Multi-objective LoRA expert at λ: task-SVD of
 Merge({τ_i}, λ) (Eq. 4). Each prunes globally: one magnitude threshold over all modules of its task vector
 (App. D.1 "across the entire model"), then a rank-r SVD per matrix with the rescale s. Routers are added by
-router training (``hoe.training``); ``ExpertStack`` places a set in an adapter stack and turns λ_user into a
-coefficient row (Eqs. 9-10).
+router training (``hoe.routers``, ``hoe.build``); ``ExpertStack`` places a set in an adapter stack and turns
+λ_user into a coefficient row (Eqs. 9-10).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -175,10 +176,8 @@ class ExpertSet:
         out = []
         for nm in names if names is not None else list(entries):
             e = entries[nm]
-            state = self.router_states.get(nm)
-            out.append(
-                Router(nm, [pos[v] for v in e.votes], list(e.init), router_weights(state) if state else {})
-            )
+            weights = router_weights(self.router_states[nm])
+            out.append(Router(nm, [pos[v] for v in e.votes], list(e.init), weights))
         return out
 
 
@@ -193,13 +192,48 @@ def load_experts(directory: str | Path, flag: str = "--hoe") -> ExpertSet:
             raise ConfigError(f"{flag} experts.{i}.file", f"{path} is missing; copy the whole HoE directory")
         if sha256_of(path) != e.sha256:
             raise ConfigError(f"{flag} experts.{i}.sha256", f"{e.file} does not match its sha256 (modified?)")
-        states[e.name] = load_file(str(path))
+        try:
+            states[e.name] = load_file(str(path))
+        except SafetensorError as err:
+            raise ConfigError(
+                f"{flag} experts.{i}.file", f"{e.file} is not a safetensors file ({err})"
+            ) from None
+        _check_shapes(states[e.name], e, f"{flag} experts.{i}")
+    fan_in = {}
+    for e in doc.lora:
+        fan_in |= {m: A.shape[1] for m, (A, _) in parse_adapter(states[e.name], e.name)[0].items()}
+    for e in doc.routers:
+        w = router_weights(states[e.name])
+        bad = sorted(
+            m
+            for m in set(w) | set(fan_in)
+            if m not in w or tuple(w[m][0].shape) != (len(e.votes), fan_in.get(m))
+        )
+        if bad:
+            raise ConfigError(
+                f"{flag} {e.name}",
+                f"the router does not fit the set's LoRA experts (modules or shapes: {bad[:3]})",
+            )
     return ExpertSet(
         directory,
         doc,
         [states[e.name] for e in doc.lora],
         {e.name: states[e.name] for e in doc.routers},
     )
+
+
+def _check_shapes(state: dict, e: ExpertEntry, where: str) -> None:
+    """A LoRA expert's tensors are PEFT LoRA pairs of its recorded rank; a router's are W/b pairs."""
+    try:
+        if e.kind == "lora":
+            pairs, _ = parse_adapter(state, e.name)
+            ranks = {A.shape[0] for A, _ in pairs.values()}
+            if ranks != {e.r}:
+                raise ValueError(f"ranks {sorted(ranks)} but hoe.json says r={e.r}")
+        else:
+            router_weights(state)
+    except ValueError as err:
+        raise ConfigError(f"{where}.file", f"{e.file}: {err}; re-build the experts") from None
 
 
 def configurations(doc: HoEManifest) -> dict[str, list[str]]:
@@ -237,7 +271,7 @@ class ExpertStack:
         return cls(slots, prefs, m + len(routers))
 
     def route(self, mu, names: Sequence[str]) -> dict[str, float]:
-        """ω_r of the experts ``names`` at λ_user = ``mu`` (only the non-zero ones, nearest first)."""
+        """ω_r of the experts ``names`` at λ_user = ``mu`` (only the non-zero ones, largest first)."""
         omega = preference_routing(
             np.asarray(mu, dtype=np.float64), np.stack([self.preferences[x] for x in names])
         )

@@ -86,7 +86,7 @@ class HoELoRALinear(MixedLoRALinear):
 
     def router_probs(self, x: torch.Tensor) -> torch.Tensor:
         """softmax(W_k x + b_k) over each router's N experts: [.., seq, R, N] (float32)."""
-        logits = F.linear(x.float(), self.router_weight, self.router_bias)
+        logits = F.linear(x.float(), self.router_weight.float(), self.router_bias.float())  # bf16 engines too
         return logits.unflatten(-1, (self.R, self.N)).softmax(-1)
 
     def coefficients(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,7 @@ def build_hoe_model(
                 f"router {r.name}: votes {r.votes} / init {r.init} do not fit {len(adapters)} adapters"
             )
     state = HoEState(len(adapters), list(names), routers)
-    return build_mixed_model(
+    model = build_mixed_model(
         model,
         adapters,
         lora_config,
@@ -135,6 +135,15 @@ def build_hoe_model(
         state=state,
         layer=lambda module, base, ab, scaling, st: HoELoRALinear(base, ab, scaling, st, module),
     )
+    modules = {name for name, _ in hoe_layers(model)}
+    for r in routers:
+        if r.weights and set(r.weights) != modules:
+            diff = sorted(set(r.weights) ^ modules)
+            raise ValueError(
+                f"router {r.name}: its weights cover other modules than the experts (differ on {diff[:3]}); "
+                "a router of another expert set or target list"
+            )
+    return model
 
 
 def hoe_layers(model: nn.Module) -> Iterator[tuple[str, HoELoRALinear]]:

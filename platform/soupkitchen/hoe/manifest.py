@@ -34,14 +34,14 @@ class ExpertEntry(Schema):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     kind: Literal["lora", "router"]
     preference: list[float]  # λ: where on the simplex it is the expert (Eq. 9 measures distances to it)
-    file: str  # relative to the HoE directory
+    file: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.safetensors$")  # a file of the HoE directory
     sha256: str
     r: int | None = Field(None, ge=1)  # LoRA rank (alpha = r: scaling 1, the rescale is in the factors)
     rescale: float | None = None  # task-SVD rescale s
     threshold: float | None = None  # |τ| below it pruned (global over the task vector's modules)
     merge: Literal["linear", "ties"] | None = None  # Eq. 4's merge (multi-objective LoRA experts)
     sources: list[ExpertSource] = []
-    relative_error: float | None = None  # ‖BA − τ‖_F / ‖τ‖_F over all modules (pruning + truncation)
+    relative_error: float | None = None  # ‖BA/s − τ‖_F / ‖τ‖_F over all modules (pruning + truncation)
     votes: list[str] = []  # router: the N LoRA experts it votes over, nearest first
     init: list[float] = []  # router: its initial mix over ``votes`` (λ's barycentric weights)
     pool: Literal["all", "single"] | None = None  # router: chosen among all LoRA experts or single-objective
@@ -79,9 +79,11 @@ class HoEManifest(Schema):
             if e.kind == "lora" and e.r is None:
                 raise ConfigError(f"experts.{i}.r", "a LoRA expert needs its rank")
             if e.kind == "router":
-                if len(e.votes) != n or not set(e.votes) <= lora:
+                if e.pool is None:
+                    raise ConfigError(f"experts.{i}.pool", "a router says which LoRA experts it chose from")
+                if len(e.votes) != n or len(set(e.votes)) != n or not set(e.votes) <= lora:
                     raise ConfigError(
-                        f"experts.{i}.votes", f"must name {n} LoRA experts of the set, got {e.votes}"
+                        f"experts.{i}.votes", f"must name {n} distinct LoRA experts of the set, got {e.votes}"
                     )
                 if len(e.init) != n or abs(sum(e.init) - 1) > 1e-6 or min(e.init) < 0:
                     raise ConfigError(

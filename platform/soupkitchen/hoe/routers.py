@@ -9,7 +9,7 @@ weights, where training starts (KL to W0 would penalise the experts themselves; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +41,7 @@ class RouterJob:
     omd_step: float
     preference: list[float]  # λ_r
     pool: str = "all"  # its votes were chosen among all LoRA experts or the single-objective ones
+    sha256: list[str] = field(default_factory=list)  # of the voted experts' files: a resume must match them
 
 
 class RouterPolicy(PolicyWithValue):

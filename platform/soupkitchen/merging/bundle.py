@@ -192,13 +192,10 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
     cstates = _load_states(directory, doc.conditioned, "conditioned")
     hoe = None
     if doc.hoe is not None:
+        if sha256_of(directory / doc.hoe / "hoe.json") != doc.hoe_sha256:
+            raise ConfigError("hoe_sha256", "hoe/hoe.json does not match the recorded sha256 (replaced?)")
         hoe = hoe_experts.load_experts(directory / doc.hoe, "bundle.json hoe")
-        if hoe.manifest.objectives != objectives:
-            raise ConfigError(
-                "hoe", f"experts are for {hoe.manifest.objectives}, the soup's for {objectives}"
-            )
-        if sorted(hoe.manifest.target_modules) != sorted(doc.target_modules):
-            raise ConfigError("hoe", "experts target other modules than the soup's adapters; re-build them")
+        _check_hoe_fits(hoe.manifest, doc)
     hstates, hspecs, hnames = (hoe.lora, hoe.specs, hoe.lora_names) if hoe else ([], [], [])
     clash = sorted(set(hnames) & set(names + vnames + cnames))
     if clash:
@@ -246,6 +243,23 @@ def load_bundle(directory: str | Path, base_model: nn.Module | None = None) -> B
         ],
         hoe=hoe,
     )
+
+
+def _check_hoe_fits(hoe, doc: BundleManifest) -> None:
+    """HoE's set was built over this bundle's W0, objectives, targets and reward space."""
+    if hoe.objectives != doc.objectives:
+        raise ConfigError("hoe", f"experts are for {hoe.objectives}, the soup's for {doc.objectives}")
+    if sorted(hoe.target_modules) != sorted(doc.target_modules):
+        raise ConfigError("hoe", "experts target other modules than the soup's adapters; re-build them")
+    mine, theirs = doc.base.get("model") or {}, hoe.base.get("model") or {}
+    differ = sorted(k for k in mine if k in theirs and mine[k] != theirs[k])
+    if differ:
+        raise ConfigError(
+            "hoe", f"experts were built over another base model (model.{', model.'.join(differ)})"
+        )
+    space = doc.space
+    if space is not None and not RewardSpace.from_dict(hoe.reward_space).same_as(space):
+        raise ConfigError("hoe", "experts were built in another reward space than the soup's backbones")
 
 
 def _load_states(directory: Path, entries: list[AdapterEntry], field: str) -> list[dict[str, torch.Tensor]]:
@@ -349,6 +363,7 @@ def write_bundle(
             value_models=values,
             conditioned=extra,
             hoe="hoe" if hoe is not None else None,
+            hoe_sha256=sha256_of(tmp / "hoe" / "hoe.json") if hoe is not None else None,
             reward_space=None if reward_space is None else reward_space.to_dict(),
             diagnostics=dict(diagnostics or {}),
         ).write(tmp)
@@ -388,16 +403,25 @@ def attach_value_models(directory: str | Path, value_models) -> Bundle:
     return _rewrite(Path(directory), value_models=value_models)
 
 
-def check_bundle(directory: str | Path, objectives: Sequence[str], flag: str = "--bundle") -> None:
-    """A ConfigError naming ``flag`` unless ``directory`` is a soup bundle for ``objectives``."""
+def check_bundle(directory: str | Path, recipe, flag: str = "--bundle") -> None:
+    """A ConfigError naming ``flag`` unless ``directory`` is a valid soup bundle whose objectives, LoRA
+    targets and W0 are the recipe's (what a HoE set built with it must match)."""
     try:
-        doc = BundleManifest.read(directory)
+        b = load_bundle(directory)
     except ConfigError as err:
         raise ConfigError(flag, f"{directory}: {err}") from None
-    if doc.objectives != list(objectives):
+    if b.objectives != recipe.objectives:
         raise ConfigError(
-            flag, f"{directory} serves objectives {doc.objectives}, the recipe has {list(objectives)}"
+            flag, f"{directory} serves objectives {b.objectives}, the recipe has {recipe.objectives}"
         )
+    if sorted(b.lora[0].target_modules) != sorted(recipe.lora.target_modules):
+        raise ConfigError(
+            flag, f"{directory}'s adapters target {list(b.lora[0].target_modules)}, not lora.target_modules"
+        )
+    mine, theirs = to_dict(recipe.model), b.base.get("model") or {}
+    differ = sorted(k for k in mine if k in theirs and mine[k] != theirs[k])
+    if differ:
+        raise ConfigError(flag, f"{directory} is over another base model (model.{', model.'.join(differ)})")
 
 
 def attach_hoe(directory: str | Path, hoe: str | Path) -> Bundle:

@@ -27,7 +27,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from soupkitchen.methods import Mode
 from soupkitchen.serving.engine import Job, SoupEngine
 from soupkitchen.serving.metrics import EndpointMetrics
 from soupkitchen.serving.options import ServeOptions
@@ -42,11 +41,6 @@ api = FastAPI(title="soupkitchen", description="OpenAI-compatible controllable m
 async def _http_error(_request, exc: HTTPException):
     err = APIError(exc.status_code, str(exc.detail), None, "invalid_request_error")
     return JSONResponse(err.body(), status_code=exc.status_code)
-
-
-def _routed(req: GenerationRequest, info) -> dict | None:
-    """Mode hoe: the experts preference routing selected for the request's μ and their ω_r."""
-    return info.route(req.preference.array) if req.mode is Mode.HOE else None
 
 
 def _replica_id() -> str:
@@ -95,6 +89,7 @@ class SoupModel:
             "completion_tokens": last.completion_tokens,
             "batch_size": last.batch_size,
             "replica": self.replica,
+            "experts": job.experts,
         }
 
     async def stream(self, req: GenerationRequest):
@@ -103,7 +98,7 @@ class SoupModel:
         if isinstance(job, dict):
             yield job
             return
-        yield {"accepted": job.prompt_tokens, "replica": self.replica}
+        yield {"accepted": job.prompt_tokens, "replica": self.replica, "experts": job.experts}
         async for d in self._batched(job):
             yield {
                 "text": d.text,
@@ -234,7 +229,7 @@ class OpenAIIngress:
                 use,
                 out["replica"],
                 out["batch_size"],
-                _routed(req, info),
+                out["experts"],
             )
             return JSONResponse(body)
         except APIError as e:
@@ -262,7 +257,7 @@ class OpenAIIngress:
         if "error" in first:
             raise first["error"]
 
-        routed = _routed(req, info)
+        routed = first["experts"]
 
         async def events():
             status, err_type, sent, last = 200, None, False, None

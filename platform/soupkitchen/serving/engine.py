@@ -45,6 +45,7 @@ class Job:
     prompt_tokens: int
     plan: RowPlan
     settings: DecodeSettings
+    experts: dict[str, float] | None = None  # mode hoe: the experts the plan routes to and their ω_r
 
 
 @dataclass
@@ -187,7 +188,11 @@ class SoupEngine:
             stop=req.stop,
             seed=req.seed,
         )
-        return Job(req, text, n, self.plan(req), settings)
+        experts = None
+        if req.mode is Mode.HOE:  # what the plan's row holds, reported with the response
+            stack, names = self.roles.hoe
+            experts = {k: round(v, 6) for k, v in stack.route(req.preference.array, names).items()}
+        return Job(req, text, n, self.plan(req), settings, experts)
 
     def start(self, jobs: list[Job]) -> BatchRun:
         return BatchRun(self, jobs)

@@ -35,7 +35,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -48,7 +47,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from soupkitchen.hoe.routing import preference_routing
 from soupkitchen.methods import Mode
 from soupkitchen.preferences import Preference
 
@@ -129,13 +127,6 @@ class SoupInfo:
     max_gamma: float
     max_alpha: float
     experts: tuple[dict, ...] = ()  # HoE: the served experts ({name, kind, preference, votes}), mode hoe
-
-    def route(self, mu) -> dict[str, float]:
-        """HoE's preference routing (Eqs. 9-10) at μ: the selected experts and their ω_r, nearest first."""
-        prefs = np.array([e["preference"] for e in self.experts])
-        omega = preference_routing(np.asarray(mu, dtype=np.float64), prefs)
-        order = np.argsort(-omega, kind="stable")
-        return {self.experts[j]["name"]: round(float(omega[j]), 6) for j in order if omega[j] > 0}
 
     def card(self) -> dict:
         """The ``/v1/models`` entry."""

@@ -107,6 +107,13 @@ def build_trainer(
                 f"checkpoint {restore} was trained with w={trained_w}, this backbone has w={list(weights)}; "
                 "the run name is already used by other policies: pick another --run-name",
             )
+        trained_router = state.get("backbone", {}).get("router")
+        if router is not None and trained_router != asdict(router):
+            raise ConfigError(
+                "--run-name",
+                f"checkpoint {restore} trained router {router.name} over other experts or settings "
+                f"({trained_router}); the HoE set was rebuilt: pick another --run-name",
+            )
         if saved and saved != layout:
             raise ConfigError(
                 "distributed",
