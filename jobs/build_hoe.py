@@ -4,7 +4,8 @@
         --rewarded-soups <run>/manifest.json --out runs/tiny-hoe --bundle <soup bundle>
     python jobs/build_hoe.py --recipe demo --rewarded-soups <m> --hoe.ablation true --hoe.router_steps 20
 
-Algorithm 1 (``soupkitchen.hoe.build``): task-SVD LoRA experts from each specialist's task vector and from
+Algorithm 1 (``soupkitchen.hoe.build``): task-SVD LoRA experts from each specialist's task vector (or, with
+--dense, each fully fine-tuned model's θ_i − θ_pre on the recipe's W0: the GPU recipes' path) and from
 their Eq. 4 merges, each expert's fidelity to its dense parent and the ideal point z* on the eval prompts,
 then one Ray Train PPO run per router expert (OMD-STCH, the same launcher, checkpoints and MLflow as every
 policy). Output: the HoE directory (``hoe.json`` + one file per expert), the input of
@@ -25,7 +26,16 @@ from soupkitchen.merging import attach_hoe, check_bundle  # noqa: E402
 from soupkitchen.training.launcher import storage_root  # noqa: E402
 
 parser = cli.recipe_parser(__doc__, "--hoe.router_steps 10 --hoe.rank 16")
-parser.add_argument("--rewarded-soups", required=True, metavar="MANIFEST", help="the specialists (w = e_i)")
+sources = parser.add_mutually_exclusive_group(required=True)
+sources.add_argument("--rewarded-soups", metavar="MANIFEST", help="the specialists (w = e_i) of a run")
+sources.add_argument(
+    "--dense",
+    metavar="MODELS",
+    help="comma-separated fully fine-tuned single-objective models (dirs or HF ids), in objective order",
+)
+parser.add_argument(
+    "--reward-space", default=None, help="with --dense: the reward_space.json to work in (default: from W0)"
+)
 parser.add_argument("--out", default=None, help="the HoE directory (default: outputs/<recipe>-hoe)")
 parser.add_argument("--bundle", default=None, metavar="DIR", help="a soup bundle to copy the set into")
 parser.add_argument("--run-name", default=None, help="the routers' training run (default: <recipe>-hoe)")
@@ -43,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         check_bundle(args.bundle, recipe)
     out = build_hoe(
         recipe,
-        args.rewarded_soups,
         args.out or f"outputs/{name}",
         name,
         storage_root(recipe, args.storage),
+        rewarded_soups=args.rewarded_soups,
+        dense=args.dense.split(",") if args.dense else None,
+        reward_space=args.reward_space,
         train=not args.no_routers,
     )
     print(f"\nHoE experts in {out}:\n{describe(HoEManifest.read(out))}")

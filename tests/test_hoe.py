@@ -27,9 +27,11 @@ from soupkitchen.hoe import (
     lora_task_vector,
     lora_weights,
 )
+from soupkitchen.hoe.build import build_hoe
 from soupkitchen.hoe.layer import hoe_layers, reference_routers, unfreeze_routers
-from soupkitchen.merging import build_mixed_model, set_coefficients
-from soupkitchen.merging.mixed import lora_spec
+from soupkitchen.manifests import BackboneManifest
+from soupkitchen.merging import build_mixed_model, materialize, save_materialized, set_coefficients
+from soupkitchen.merging.mixed import load_adapter_state, lora_spec
 from soupkitchen.models import attach_lora, load_base_model
 from soupkitchen.ppo.scalarization import OMDTchebycheff
 
@@ -287,3 +289,40 @@ def test_hoe_fronts_in_the_evaluation(tiny_policies, tiny_hoe, tmp_path):
     # the RS specialists are stacked first; HoE's experts follow; μ = [.5, .5] is the MO expert alone
     mid = list(hoe.preferences[:, 0]).index(0.5)
     assert hoe.coefficients[mid, result.plan.columns.index("hoe-mo0")] == pytest.approx(1.0)
+
+
+def test_dense_parents_extract_the_same_experts_as_their_loras(tiny_policies, tmp_path):
+    """--dense (the GPU recipes' path) on local stand-ins: the tiny W0 saved as an HF directory and each RS
+    specialist merged into a copy of it (a "full fine-tune"); θ_i − θ_pre gives the LoRA's task vectors, so
+    the extracted experts equal the LoRA-built ones, and fidelity is measured against the full models."""
+    recipe, trained = tiny_policies
+    base, tok = load_base_model(recipe.model)
+    save_materialized(base, tok, tmp_path / "w0")
+    manifest = BackboneManifest.read(trained["manifests"]["rewarded_soups"])
+    tuned = []
+    for i, (_, adapter) in enumerate(manifest.adapters()):
+        state = load_adapter_state(adapter)
+        dense = materialize(load_base_model(recipe.model)[0], [state], [1.0], recipe.lora)
+        tuned.append(str(save_materialized(dense, tok, tmp_path / f"tuned{i}")))
+    small = {"eval.num_prompts": 4, "eval.samples_per_prompt": 2, "model.source": "hf"}
+    hf = load_recipe("tiny", small | {"model.name": str(tmp_path / "w0")})
+    out = build_hoe(hf, tmp_path / "dense", "d", str(tmp_path / "runs"), dense=tuned, train=False)
+    ref = build_hoe(
+        load_recipe("tiny", {"eval.num_prompts": 4, "eval.samples_per_prompt": 2}),
+        tmp_path / "lora",
+        "l",
+        str(tmp_path / "runs"),
+        rewarded_soups=trained["manifests"]["rewarded_soups"],
+        train=False,
+    )
+    a, b = load_experts(out), load_experts(ref)
+    assert a.lora_names == b.lora_names == ["hoe-warm", "hoe-calm", "hoe-mo0"]
+    for x, y in zip(a.lora, b.lora, strict=True):
+        for k in y:  # the same factors up to SVD sign/precision: compare the products
+            if k.endswith("lora_B.weight"):
+                ka = k.replace("lora_B", "lora_A")
+                torch.testing.assert_close(x[k] @ x[ka], y[k] @ y[ka], atol=1e-4, rtol=1e-3)
+    doc = HoEManifest.read(out)
+    assert doc.fidelity["hoe-warm"]["parent"] == "tuned0" and len(doc.ideal) == 2
+    with pytest.raises(ConfigError, match="--dense"):
+        build_hoe(hf, tmp_path / "x", "x", str(tmp_path / "runs"), dense=tuned[:1], train=False)

@@ -131,6 +131,7 @@ def train_hoe(recipe, rs_manifest: Path, out: Path, steps: int = 3) -> Path:
     trained in-process (``steps`` PPO steps, the router recipe) as the Ray job's workers would."""
     from soupkitchen.hoe.build import (
         build_experts,
+        manifest_parents,
         measure,
         record_routers,
         router_recipe,
@@ -141,8 +142,9 @@ def train_hoe(recipe, rs_manifest: Path, out: Path, steps: int = 3) -> Path:
     from soupkitchen.manifests import BackboneManifest
 
     manifest = BackboneManifest.read(rs_manifest)
-    build_experts(out, recipe, task_vectors(manifest), manifest.space)
-    measure(recipe, out, manifest)
+    parents = manifest_parents(manifest)
+    build_experts(out, recipe, task_vectors(recipe, parents), manifest.space)
+    measure(recipe, out, parents, manifest.space)
     rr = router_recipe(recipe)
     trained = []
     for spec in router_specs(recipe, out):

@@ -201,7 +201,7 @@ def compare(
             rs
             or method_manifests(recipe, [Method.REWARDED_SOUPS], trained, out / "hoe")[Method.REWARDED_SOUPS]
         )
-        hoe = build_hoe(recipe, rs, out / "hoe" / "experts", f"{run_name}-hoe", storage)
+        hoe = build_hoe(recipe, out / "hoe" / "experts", f"{run_name}-hoe", storage, rewarded_soups=rs)
     bundles = write_bundles(recipe, manifests, out, hoe=hoe)
     register_bundles(recipe, bundles, run_name)
     paths = {m: str(p) for m, p in manifests.items()} | ({Method.HOE: str(hoe)} if hoe else {})

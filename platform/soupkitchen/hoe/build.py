@@ -12,7 +12,9 @@ complete expert set.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +22,24 @@ from safetensors.torch import save_file
 
 from soupkitchen.bootstrap import paired_difference, resample_counts
 from soupkitchen.checkpoint import sha256_of
-from soupkitchen.config import ConfigError, Recipe, from_dict, to_dict
+from soupkitchen.config import ConfigError, LoraConfig, ModelConfig, Recipe, from_dict, to_dict
 from soupkitchen.evaluation import evaluate
-from soupkitchen.evaluation.plan import EvalPlan, policy_front
-from soupkitchen.hoe.experts import TaskVector, build_experts, load_experts, lora_task_vector, router_entry
+from soupkitchen.evaluation.plan import EvalPlan, MethodFront, policy_front
+from soupkitchen.hoe.experts import (
+    TaskVector,
+    build_experts,
+    dense_task_vector,
+    load_experts,
+    lora_task_vector,
+    router_entry,
+)
 from soupkitchen.hoe.manifest import ExpertEntry, HoEManifest
 from soupkitchen.hoe.routers import RouterJob
 from soupkitchen.manifests import BackboneManifest
 from soupkitchen.merging.mixed import load_adapter_state, lora_spec
 from soupkitchen.methods import Method
+from soupkitchen.models import load_base_model
+from soupkitchen.reward_space import RewardSpace, load_or_calibrate
 from soupkitchen.training.launcher import run_dir, train_backbones
 from soupkitchen.training.specs import BackboneSpec
 
@@ -48,43 +59,88 @@ def specialists(manifest: BackboneManifest, flag: str = "--rewarded-soups") -> l
     return out
 
 
-def task_vectors(manifest: BackboneManifest) -> list[TaskVector]:
-    spec = lora_spec(manifest.lora())
-    return [
-        TaskVector(name, sha256_of(path), lora_task_vector(load_adapter_state(path), spec))
-        for name, path in specialists(manifest)
-    ]
+@dataclass
+class Parent:
+    """A single-objective policy HoE extracts an expert from: a LoRA adapter over W0 (a manifest's
+    specialist) or a fully fine-tuned model (``model``: a local directory or HF id, read as model.name)."""
+
+    name: str
+    adapter: Path | None = None
+    lora: LoraConfig | None = None
+    model: str | None = None
+
+    def model_config(self, recipe: Recipe) -> ModelConfig:
+        return from_dict(ModelConfig, {**to_dict(recipe.model), "name": self.model}, "--dense")
 
 
-def measure(recipe: Recipe, directory: Path, manifest: BackboneManifest) -> HoEManifest:
+def manifest_parents(manifest: BackboneManifest) -> list[Parent]:
+    return [Parent(name, path, manifest.lora()) for name, path in specialists(manifest)]
+
+
+def dense_parents(models: list[str], recipe: Recipe) -> list[Parent]:
+    if len(models) != len(recipe.objectives):
+        raise ConfigError(
+            "--dense", f"needs one fine-tuned model per objective {recipe.objectives}, got {models}"
+        )
+    return [Parent(Path(m).name or m, model=m) for m in models]
+
+
+def task_vectors(recipe: Recipe, parents: list[Parent]) -> list[TaskVector]:
+    """τ_i of each parent: s·B A of its LoRA, or θ_i − θ_pre of its fine-tuned weights (Eq. 2)."""
+    out = []
+    base = load_base_model(recipe.model)[0] if any(p.model for p in parents) else None
+    for p in parents:
+        if p.adapter is not None:
+            delta = lora_task_vector(load_adapter_state(p.adapter), lora_spec(p.lora))
+            out.append(TaskVector(p.name, sha256_of(p.adapter), delta))
+            continue
+        tuned, _ = load_base_model(p.model_config(recipe))
+        weights = Path(p.model) / "model.safetensors"
+        sha = sha256_of(weights) if weights.is_file() else hashlib.sha256(p.model.encode()).hexdigest()
+        out.append(TaskVector(p.name, sha, dense_task_vector(base, tuned, recipe.lora.target_modules)))
+        del tuned
+    return out
+
+
+def measure(recipe: Recipe, directory: Path, parents: list[Parent], space: RewardSpace) -> HoEManifest:
     """Fidelity of every single-objective expert to its dense parent on its objective (paired bootstrap over
-    prompts, the eval recipe's decoding), and z*; recorded in ``hoe.json``."""
+    prompts: the same prompts and (prompt, sample) seeds on both sides, the eval recipe's decoding), and
+    z*; recorded in ``hoe.json``."""
     doc = HoEManifest.read(directory)
-    parents = specialists(manifest)
     single = [e for e in doc.lora if e.merge is None]
-    n = len(single)
-    adapters = [p for _, p in parents] + [directory / e.file for e in single]
-    names = [nm for nm, _ in parents] + [e.name for e in single]
-    experts = load_experts(directory)
-    lora = [manifest.lora()] * n + experts.specs[:n]
+    objs, n = list(doc.objectives), len(single)
     eye = np.eye(n).tolist()
-    fronts = [policy_front(f"parent-{o}", [i], 2 * n, [eye[i]]) for i, o in enumerate(doc.objectives)]
-    fronts += [policy_front(e.name, [n + i], 2 * n, [eye[i]]) for i, e in enumerate(single)]
-    plan = EvalPlan(list(doc.objectives), adapters, names, lora, fronts, manifest.space)
-    result = evaluate(plan, recipe, progress=False)
+    experts = load_experts(directory)
+    fronts = [policy_front(e.name, [i], n, [eye[i]]) for i, e in enumerate(single)]
+    plan = EvalPlan(
+        objs, [directory / e.file for e in single], experts.lora_names[:n], experts.specs[:n], fronts, space
+    )
+    per_prompt = dict(evaluate(plan, recipe, progress=False).per_prompt)
+    if all(p.adapter is not None for p in parents):
+        fronts = [policy_front(f"parent-{o}", [i], n, [eye[i]]) for i, o in enumerate(objs)]
+        names = [p.name for p in parents]
+        plan = EvalPlan(objs, [p.adapter for p in parents], names, [p.lora for p in parents], fronts, space)
+        per_prompt |= evaluate(plan, recipe, progress=False).per_prompt
+    else:  # full fine-tunes: each decoded as its own W0, with the same rows and seeds
+        for i, (o, p) in enumerate(zip(objs, parents, strict=True)):
+            model, tok = load_base_model(p.model_config(recipe))
+            front = MethodFront(f"parent-{o}", np.array([eye[i]]), np.zeros((1, 0)))
+            plan = EvalPlan(objs, [], [], [], [front], space)
+            per_prompt |= evaluate(plan, recipe, model=model, tokenizer=tok, progress=False).per_prompt
+    prompts = next(iter(per_prompt.values())).shape[0]
     ev = recipe.eval
-    w = resample_counts(result.prompts, ev.bootstrap_samples, recipe.seed) / result.prompts
+    w = resample_counts(prompts, ev.bootstrap_samples, recipe.seed) / prompts
     fidelity, ideal = {}, []
-    for i, (o, e) in enumerate(zip(doc.objectives, single, strict=True)):
-        a, b = result.per_prompt[e.name][:, 0, i], result.per_prompt[f"parent-{o}"][:, 0, i]
+    for i, (o, e, p) in enumerate(zip(objs, single, parents, strict=True)):
+        a, b = per_prompt[e.name][:, 0, i], per_prompt[f"parent-{o}"][:, 0, i]
         diff = paired_difference(w @ a, w @ b, ev.confidence, a=float(a.mean()), b=float(b.mean()))
         fidelity[e.name] = {
             "objective": o,
-            "parent": names[i],
+            "parent": p.name,
             "expert_z": float(a.mean()),
             "parent_z": float(b.mean()),
             "difference": list(diff),
-            "prompts": result.prompts,
+            "prompts": prompts,
         }
         ideal.append(float(a.mean()) + recipe.hoe.ideal_offset)
     doc = doc.model_copy(update={"fidelity": fidelity, "ideal": ideal})
@@ -211,21 +267,36 @@ def training_facts(rr: Recipe, job: RouterJob) -> dict:
 
 def build_hoe(
     recipe: Recipe,
-    sources: str | Path,
     out: str | Path,
     run_name: str,
     storage: str,
+    *,
+    rewarded_soups: str | Path | None = None,
+    dense: list[str] | None = None,
+    reward_space: str | Path | None = None,
     train: bool = True,
 ) -> Path:
-    """Algorithm 1 (module docstring) from the Rewarded Soups manifest ``sources``; returns the set's dir."""
-    manifest = BackboneManifest.read(sources, "--rewarded-soups")
-    if manifest.objectives != recipe.objectives:
-        raise ConfigError(
-            "--rewarded-soups", f"trained on {manifest.objectives}, the recipe has {recipe.objectives}"
-        )
+    """Algorithm 1 (module docstring) from the Rewarded Soups manifest ``rewarded_soups`` (its specialists
+    and reward space) or from fully fine-tuned models ``dense`` (one per objective; the reward space of
+    ``reward_space``, else calibrated from W0 into the run directory). Returns the set's directory."""
+    if (rewarded_soups is None) == (dense is None):
+        raise ConfigError("--rewarded-soups", "give the specialists' manifest or --dense models, not both")
+    if rewarded_soups is not None:
+        manifest = BackboneManifest.read(rewarded_soups, "--rewarded-soups")
+        if manifest.objectives != recipe.objectives:
+            raise ConfigError(
+                "--rewarded-soups", f"trained on {manifest.objectives}, the recipe has {recipe.objectives}"
+            )
+        parents, space = manifest_parents(manifest), manifest.space
+    else:
+        parents = dense_parents(dense, recipe)
+        path = Path(reward_space) if reward_space else run_dir(storage, run_name) / "reward_space.json"
+        if reward_space and not path.is_file():
+            raise ConfigError("--reward-space", f"{path} does not exist: pass the reward_space.json of a run")
+        space = load_or_calibrate(recipe, path)
     out = Path(out)
-    build_experts(out, recipe, task_vectors(manifest), manifest.space)
-    measure(recipe, out, manifest)
+    build_experts(out, recipe, task_vectors(recipe, parents), space)
+    measure(recipe, out, parents, space)
     if train:
         train_routers(recipe, out, run_name, storage)
     return out
