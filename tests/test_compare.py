@@ -55,5 +55,5 @@ def test_union_run_splits_into_method_manifests_and_bundles(tiny_policies, tmp_p
 def test_bad_methods_flag_is_a_config_error(capsys):
     import jobs.compare as job
 
-    assert job.main(["--recipe", "tiny", "--methods", "bone_soup,hoe"]) == 2
+    assert job.main(["--recipe", "tiny", "--methods", "bone_soup,hoe2"]) == 2
     assert "--methods: must be a comma-separated subset" in capsys.readouterr().err
