@@ -28,7 +28,7 @@ from soupkitchen.config.loading import (
     resolve_recipe_path,
 )
 from soupkitchen.config.moc import MOCConfig, PreferencePromptConfig
-from soupkitchen.config.model import LoraConfig, ModelConfig, TinyModelConfig
+from soupkitchen.config.model import LoraConfig, ModelConfig, TinyModelConfig, model_differences
 from soupkitchen.config.recipe import Recipe
 from soupkitchen.config.rewards import NormalizationConfig, RewardConfig
 from soupkitchen.config.ric import RiCConfig
@@ -56,6 +56,7 @@ __all__ = [
     "LoraConfig",
     "MOCConfig",
     "ModelConfig",
+    "model_differences",
     "NormalizationConfig",
     "PPOConfig",
     "PreferencePromptConfig",

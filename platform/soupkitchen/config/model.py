@@ -56,3 +56,11 @@ class LoraConfig(Schema):
     alpha: float = Field(16.0, gt=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["c_attn"])
+
+
+def model_differences(recorded: dict | None, current: dict | None) -> str | None:
+    """``"model.a, model.b"`` for the keys two ModelConfig records (``to_dict``) both have and disagree on,
+    or None: what "trained over another W0" means (a record from an older version may lack newer keys)."""
+    recorded, current = recorded or {}, current or {}
+    differ = sorted(k for k in recorded if k in current and recorded[k] != current[k])
+    return ", ".join(f"model.{k}" for k in differ) or None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from soupkitchen.conditioning import Conditioning
-from soupkitchen.config import ConfigError, Recipe, to_dict
+from soupkitchen.config import ConfigError, Recipe, model_differences, to_dict
 from soupkitchen.decoding import AdapterRoles, DecodeSettings, check_gamma
 from soupkitchen.evaluation.sources import BackboneSource, check_source, shared_space
 from soupkitchen.hoe import ExpertSet, ExpertStack, build_hoe_model, configurations
@@ -201,13 +201,8 @@ def _stack_hoe(recipe: Recipe, hoe: ExpertSet | None, adapters: list, names: lis
         raise ConfigError(
             "--hoe", f"experts are for objectives {doc.objectives}, the recipe has {recipe.objectives}"
         )
-    current = to_dict(recipe.model)
-    base = doc.base.get("model", {})
-    differ = sorted(k for k in base if k in current and base[k] != current[k])
-    if differ:
-        raise ConfigError(
-            "--hoe", f"experts were built over another base model (model.{', model.'.join(differ)})"
-        )
+    if differ := model_differences(doc.base.get("model"), to_dict(recipe.model)):
+        raise ConfigError("--hoe", f"experts were built over another base model ({differ} differ)")
     start = len(adapters)
     adapters += [hoe.directory / e.file for e in doc.lora]
     names += hoe.lora_names

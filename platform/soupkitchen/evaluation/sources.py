@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from soupkitchen.conditioning import Conditioning
-from soupkitchen.config import ConfigError, Recipe, to_dict
+from soupkitchen.config import ConfigError, Recipe, model_differences, to_dict
 from soupkitchen.manifests import BackboneManifest
 from soupkitchen.merging import load_bundle
 from soupkitchen.methods import SOUPS
@@ -119,13 +119,10 @@ def check_source(recipe: Recipe, src: BackboneSource, flag: str) -> None:
         raise ConfigError(
             flag, f"backbones were trained on objectives {src.objectives}, the recipe has {recipe.objectives}"
         )
-    current = to_dict(recipe.model)
-    # Keys both sides know (a manifest from an older version may lack newer fields).
-    differ = sorted(k for k in (src.model or {}) if k in current and src.model[k] != current[k])
-    if differ:
+    if differ := model_differences(src.model, to_dict(recipe.model)):
         raise ConfigError(
             flag,
-            f"backbones were trained over another base model (model.{', model.'.join(differ)} differ); "
+            f"backbones were trained over another base model ({differ} differ); "
             "evaluate with the recipe they were trained with",
         )
     if src.method in SOUPS and len(src.names) != len(recipe.objectives):

@@ -31,7 +31,7 @@ from torch import nn
 
 from soupkitchen.checkpoint import sha256_of
 from soupkitchen.conditioning import Conditioning
-from soupkitchen.config import ConfigError, ModelConfig, from_dict, to_dict
+from soupkitchen.config import ConfigError, ModelConfig, from_dict, model_differences, to_dict
 from soupkitchen.hoe import experts as hoe_experts  # a module: soupkitchen.hoe imports merging.mixed
 from soupkitchen.hoe import layer as hoe_layer
 from soupkitchen.manifests import AdapterEntry, BackboneManifest, BundleManifest, ConditionedEntry, ValueEntry
@@ -251,12 +251,8 @@ def _check_hoe_fits(hoe, doc: BundleManifest) -> None:
         raise ConfigError("hoe", f"experts are for {hoe.objectives}, the soup's for {doc.objectives}")
     if sorted(hoe.target_modules) != sorted(doc.target_modules):
         raise ConfigError("hoe", "experts target other modules than the soup's adapters; re-build them")
-    mine, theirs = doc.base.get("model") or {}, hoe.base.get("model") or {}
-    differ = sorted(k for k in mine if k in theirs and mine[k] != theirs[k])
-    if differ:
-        raise ConfigError(
-            "hoe", f"experts were built over another base model (model.{', model.'.join(differ)})"
-        )
+    if differ := model_differences(hoe.base.get("model"), doc.base.get("model")):
+        raise ConfigError("hoe", f"experts were built over another base model ({differ} differ)")
     space = doc.space
     if space is not None and not RewardSpace.from_dict(hoe.reward_space).same_as(space):
         raise ConfigError("hoe", "experts were built in another reward space than the soup's backbones")
@@ -418,10 +414,8 @@ def check_bundle(directory: str | Path, recipe, flag: str = "--bundle") -> None:
         raise ConfigError(
             flag, f"{directory}'s adapters target {list(b.lora[0].target_modules)}, not lora.target_modules"
         )
-    mine, theirs = to_dict(recipe.model), b.base.get("model") or {}
-    differ = sorted(k for k in mine if k in theirs and mine[k] != theirs[k])
-    if differ:
-        raise ConfigError(flag, f"{directory} is over another base model (model.{', model.'.join(differ)})")
+    if differ := model_differences(b.base.get("model"), to_dict(recipe.model)):
+        raise ConfigError(flag, f"{directory} is over another base model ({differ} differ)")
 
 
 def attach_hoe(directory: str | Path, hoe: str | Path) -> Bundle:
