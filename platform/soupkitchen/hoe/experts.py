@@ -185,7 +185,7 @@ def load_experts(directory: str | Path, flag: str = "--hoe") -> ExpertSet:
     """Read and check a HoE directory (``hoe.json``, every file's sha256)."""
     directory = Path(directory)
     doc = HoEManifest.read(directory, flag)
-    states = {}
+    states, parsed = {}, {}
     for i, e in enumerate(doc.experts):
         path = directory / e.file
         if not path.is_file():
@@ -198,12 +198,10 @@ def load_experts(directory: str | Path, flag: str = "--hoe") -> ExpertSet:
             raise ConfigError(
                 f"{flag} experts.{i}.file", f"{e.file} is not a safetensors file ({err})"
             ) from None
-        _check_shapes(states[e.name], e, f"{flag} experts.{i}")
-    fan_in = {}
-    for e in doc.lora:
-        fan_in |= {m: A.shape[1] for m, (A, _) in parse_adapter(states[e.name], e.name)[0].items()}
+        parsed[e.name] = _parsed(states[e.name], e, f"{flag} experts.{i}")
+    fan_in = {m: A.shape[1] for e in doc.lora for m, (A, _) in parsed[e.name].items()}
     for e in doc.routers:
-        w = router_weights(states[e.name])
+        w = parsed[e.name]
         bad = sorted(
             m
             for m in set(w) | set(fan_in)
@@ -222,16 +220,17 @@ def load_experts(directory: str | Path, flag: str = "--hoe") -> ExpertSet:
     )
 
 
-def _check_shapes(state: dict, e: ExpertEntry, where: str) -> None:
-    """A LoRA expert's tensors are PEFT LoRA pairs of its recorded rank; a router's are W/b pairs."""
+def _parsed(state: dict, e: ExpertEntry, where: str) -> dict:
+    """``{module: (A, B)}`` of a LoRA expert (PEFT pairs of its recorded rank) or ``{module: (W, b)}`` of a
+    router; a ConfigError at ``where`` otherwise."""
     try:
-        if e.kind == "lora":
-            pairs, _ = parse_adapter(state, e.name)
-            ranks = {A.shape[0] for A, _ in pairs.values()}
-            if ranks != {e.r}:
-                raise ValueError(f"ranks {sorted(ranks)} but hoe.json says r={e.r}")
-        else:
-            router_weights(state)
+        if e.kind == "router":
+            return router_weights(state)
+        pairs, _ = parse_adapter(state, e.name)
+        ranks = {A.shape[0] for A, _ in pairs.values()}
+        if ranks != {e.r}:
+            raise ValueError(f"ranks {sorted(ranks)} but hoe.json says r={e.r}")
+        return pairs
     except ValueError as err:
         raise ConfigError(f"{where}.file", f"{e.file}: {err}; re-build the experts") from None
 
@@ -280,5 +279,11 @@ class ExpertStack:
     def coefficients(self, mu, names: Sequence[str]) -> np.ndarray:
         c = np.zeros(self.width)
         for name, w in self.route(mu, names).items():
-            c[self.slots[name]] += w
+            c[self.slots[name]] = w
         return c
+
+    def selected(self, c, names: Sequence[str]) -> dict[str, float]:
+        """The experts of ``names`` a coefficient row ``c`` uses and their ω_r, largest first (read back from
+        the row ``coefficients`` built, so what is reported is what is decoded)."""
+        weights = {x: float(c[self.slots[x]]) for x in names if c[self.slots[x]] > 0}
+        return dict(sorted(weights.items(), key=lambda kv: -kv[1]))

@@ -100,12 +100,14 @@ class Bundle:
         return self.hoe_start + (len(self.hoe.lora) if self.hoe else 0)
 
     @property
+    def hoe_served(self) -> list[str]:
+        """The experts mode ``hoe`` routes over (HoE's full configuration, ``hoe.configurations``)."""
+        return hoe_experts.configurations(self.hoe.manifest)["hoe"] if self.hoe else []
+
+    @property
     def hoe_routers(self) -> list[str]:
-        """The router experts served (HoE's full configuration, ``hoe.configurations``)."""
-        if self.hoe is None:
-            return []
-        served = hoe_experts.configurations(self.hoe.manifest)["hoe"]
-        return [x for x in served if x not in self.hoe.lora_names]
+        """The served router experts (one coefficient slot each, after the stack)."""
+        return [x for x in self.hoe_served if x not in self.hoe.lora_names]
 
     @property
     def width(self) -> int:

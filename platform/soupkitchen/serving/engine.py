@@ -28,7 +28,6 @@ import torch
 from soupkitchen.artifacts import fetch
 from soupkitchen.decoding import AdapterRoles, Decoder, DecodeSettings, RowPlan, RowRequest
 from soupkitchen.generation import clean_text
-from soupkitchen.hoe import experts as hoe_experts
 from soupkitchen.merging import load_bundle
 from soupkitchen.methods import Mode
 from soupkitchen.models import resolve_device
@@ -109,8 +108,7 @@ class SoupEngine:
         modes = [md for md in modes if not md.conditioned or md.value in self.conditioning]
         if b.hoe is None:
             modes = [md for md in modes if md is not Mode.HOE]
-        hoe = b.hoe_stack()
-        served = hoe_experts.configurations(b.hoe.manifest)["hoe"] if b.hoe else []
+        hoe, served = b.hoe_stack(), b.hoe_served
         experts = tuple(_expert_card(e) for e in b.hoe.manifest.experts if e.name in served) if b.hoe else ()
         self.info = SoupInfo(
             model=options.served_name,
@@ -188,11 +186,11 @@ class SoupEngine:
             stop=req.stop,
             seed=req.seed,
         )
-        experts = None
+        plan, experts = self.plan(req), None
         if req.mode is Mode.HOE:  # what the plan's row holds, reported with the response
             stack, names = self.roles.hoe
-            experts = {k: round(v, 6) for k, v in stack.route(req.preference.array, names).items()}
-        return Job(req, text, n, self.plan(req), settings, experts)
+            experts = {k: round(v, 6) for k, v in stack.selected(plan.components[0].c, names).items()}
+        return Job(req, text, n, plan, settings, experts)
 
     def start(self, jobs: list[Job]) -> BatchRun:
         return BatchRun(self, jobs)
