@@ -26,6 +26,7 @@ from soupkitchen.decoding import (
     GuidanceProcessor,
     RowBatch,
     RowRequest,
+    RunningBatch,
     base_coefficients,
     decode,
     row_plan,
@@ -230,6 +231,51 @@ def test_mage_i_uses_bone_soup_backbones_and_mod_the_rewarded_soups(stack):
     mage_i = s.roles.plan(Mode.MAGE_I, mu, 1.0)  # base, π*_0 = e_0, π*_1 = e_1, π_ref = 0
     assert [c.c for c in mage_i.components[1:]] == [(1.0, 0, 0, 0), (0, 1.0, 0, 0), (0, 0, 0, 0)]
     assert [c.c for c in s.roles.plan(Mode.MOD, mu, 1.0).components] == [(0, 0, 1.0, 0), (0, 0, 0, 1.0)]
+
+
+def test_rows_joining_and_leaving_mid_decode_equal_rows_decoded_alone(stack):
+    """Continuous batching: rows of every mode (greedy and seeded sampling) join a running batch between
+    steps and leave when they end or are dropped; each row's tokens are exactly its tokens decoded alone, the
+    batch shrinks as rows end, and its KV length follows its live rows, not the oldest."""
+    s, r = stack, stack.roles
+    rows = [  # (plan, settings, step it joins at)
+        (r.plan(Mode.BONE_SOUP, MUS[0], 0.0), DecodeSettings(max_new_tokens=14, min_new_tokens=14), 0),
+        (r.plan(Mode.MAGE_I_M, MUS[1], 1.0), DecodeSettings(max_new_tokens=4, greedy=False, seed=3), 2),
+        (r.plan(Mode.MOD, MUS[2], 1.0), DecodeSettings(max_new_tokens=6), 2),
+        (
+            r.plan(Mode.MAGE_I, MUS[3], 0.5),
+            DecodeSettings(max_new_tokens=5, greedy=False, top_k=5, seed=9),
+            5,
+        ),
+        (r.plan(Mode.REWARDED_SOUPS, MUS[4], 0.0), DecodeSettings(max_new_tokens=3), 9),
+        (r.plan(Mode.MAGE_I_M, MUS[5], 2.0), DecodeSettings(max_new_tokens=12, min_new_tokens=12), 1),
+    ]
+    batch = RunningBatch(s.model, s.tok)
+    out, sizes, step = {}, [], 0
+    while len(out) < len(rows) - 1:
+        joining = [i for i, (_, _, at) in enumerate(rows) if at == step]
+        if joining:
+            batch.admit(
+                joining,
+                [s.prompts[i] for i in joining],
+                [rows[i][0] for i in joining],
+                [rows[i][1] for i in joining],
+            )
+        if step == 4:
+            batch.drop([5])  # a cancelled request: gone before the next step
+        if len(batch):
+            sizes.append((len(batch), batch.forward_rows, batch.batch.length))
+            for f in batch.step()[1]:
+                out[f.key] = f.tokens
+        step += 1
+    assert 5 not in out and sorted(out) == [0, 1, 2, 3, 4]
+    for i in out:
+        alone = decode(s.model, s.tok, [s.prompts[i]], [rows[i][0]], [rows[i][1]])
+        assert out[i] == alone.tokens[0, : int(alone.lengths[0])].tolist(), i
+    assert max(n for n, _, _ in sizes) >= 3 and sizes[-1][0] == 1  # rows joined, then left
+    # the last steps hold row 0 alone: its cache is its own prompt + tokens, not the padding of rows gone
+    prompt0 = len(s.tok(s.prompts[0], add_special_tokens=False)["input_ids"])
+    assert sizes[-1][2] <= prompt0 + 14 and sizes[-1][1] == rows[0][0].width
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(stack):

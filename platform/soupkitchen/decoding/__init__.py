@@ -10,12 +10,15 @@ alone, the guided ones (``Mode.guided``) add guidance rows. Mode, μ and γ are 
 ``AdapterRoles.plan_for``); ``DecodeSettings`` check themselves when built.
 
 Modules: ``plans`` (modes as weighted forward rows over one adapter stack, docs/methods/mage.md),
-``loop`` (the decoding loop with one KV cache, sampling, stop strings, chunk-level beam §1.7), ``processor``
+``batch`` (the running rows and their one KV cache, which rows join and leave), ``sampling`` (per-row
+settings and the choice of the next token), ``loop`` (the decoding loop with continuous batching, stop
+strings, chunk-level beam §1.7), ``processor``
 (the same guidance as a transformers ``LogitsProcessor`` for ``model.generate``), ``value_models`` lives in
 ``soupkitchen.value_models``.
 """
 
-from soupkitchen.decoding.loop import Decoded, Decoder, DecodeSettings, RowBatch, decode
+from soupkitchen.decoding.batch import RowBatch
+from soupkitchen.decoding.loop import Decoded, Finished, RunningBatch, decode
 from soupkitchen.decoding.plans import (
     AdapterRoles,
     Component,
@@ -28,17 +31,19 @@ from soupkitchen.decoding.plans import (
     row_plan,
 )
 from soupkitchen.decoding.processor import GuidanceProcessor, base_coefficients
+from soupkitchen.decoding.sampling import DecodeSettings
 
 __all__ = [
     "AdapterRoles",
     "Component",
     "DecodeSettings",
     "Decoded",
-    "Decoder",
+    "Finished",
     "GuidanceProcessor",
     "RowBatch",
     "RowPlan",
     "RowRequest",
+    "RunningBatch",
     "base_coefficients",
     "check_alpha",
     "check_gamma",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from soupkitchen.decoding.loop import RowBatch
+from soupkitchen.decoding.batch import RowBatch
 from soupkitchen.decoding.plans import Component, RowPlan
 from soupkitchen.errors import ConfigError
 
