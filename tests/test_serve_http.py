@@ -2,7 +2,9 @@
 `ray start --head`, the tiny soup bundle (with value models), API-key auth on. Every mode answers, the
 official openai client works (extra_body for μ), streaming equals the non-streamed text, bad inputs get
 their 4xx in OpenAI's error shape while the server keeps answering, and concurrent requests with
-different μ / modes share a batch yet give exactly what each gives alone (greedy)."""
+different μ / modes share a batch yet give exactly what each gives alone (greedy). Continuous batching:
+short requests sent while a long one streams are admitted into its running batch and answered before it
+ends, a client that disconnects frees its row, and a burst beyond the queue is answered 503."""
 
 from __future__ import annotations
 
@@ -41,11 +43,13 @@ def endpoint(ray_head, tiny_soup):
         "soup": str(tiny_soup),
         "model_name": "tiny",
         "num_cpus": 0.25,
-        "max_replicas": 2,
-        "target_ongoing_requests": 2,
-        "max_batch_size": 8,
+        "max_replicas": 1,  # one replica: the batching tests see every request in one decode loop
+        "max_batch_rows": 32,
         "batch_wait_timeout_s": 0.05,
-        "max_tokens_limit": 64,
+        "min_tokens": 128,  # EOS held back: every request decodes exactly max_tokens (timing tests)
+        "max_ongoing_requests": 12,
+        "max_queued_requests": 4,
+        "max_tokens_limit": 100,
         "max_body_bytes": 4096,
         "torch_threads": 1,
     }
@@ -200,6 +204,7 @@ def test_mixed_batch_equals_each_request_alone(endpoint):
     with ThreadPoolExecutor(len(bodies)) as pool:
         together = list(pool.map(lambda b: post("/v1/completions", b).json(), bodies))
     alone = [post("/v1/completions", b).json() for b in bodies]
+    assert all("soup" in t for t in together), together
     assert max(t["soup"]["batch_size"] for t in together) > 1  # they did share a batch
     assert [t["choices"][0]["text"] for t in together] == [a["choices"][0]["text"] for a in alone]
     # mode hoe reports what preference routing selected (Eqs. 9-10): μ = [4/7, 3/7] lies between the centre
@@ -219,3 +224,79 @@ def test_metrics_are_prometheus_text(endpoint):
         "soupkitchen_request_latency_seconds_bucket" in text
         and 'soupkitchen_tokens_total{kind="completion"}' in text
     )
+
+
+def _stream(body: dict, chunks: list, stop_after: int | None = None) -> None:
+    """Read an SSE completion, appending (time, text) per chunk; close the connection after ``stop_after``."""
+    with requests.post(
+        f"{URL}/v1/completions", json={**body, "stream": True}, headers=AUTH, stream=True, timeout=120
+    ) as r:
+        assert r.status_code == 200, r.text
+        for line in r.iter_lines():
+            if line.startswith(b"data: {"):
+                data = json.loads(line[6:])
+                chunks.append((time.perf_counter(), "".join(c["text"] for c in data["choices"])))
+                if stop_after is not None and len(chunks) >= stop_after:
+                    return  # leaving the with-block closes the socket mid-stream
+
+
+def _until(predicate, timeout=60.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_short_requests_join_a_long_ones_batch_and_finish_first(endpoint):
+    long_chunks: list = []
+    long = good(prompt="once upon a time", max_tokens=100)
+    shorts = [
+        good(prompt=f"short {i}", max_tokens=3 + i % 3, mode=m, preference=[i / 5, 1 - i / 5])
+        for i, m in enumerate(["bone_soup", "mage_i_m", "mod", "hoe", "moc"])
+    ]
+    shorts.append(good(prompt="sampled", max_tokens=4, temperature=0.9, top_k=8, seed=11))
+    with ThreadPoolExecutor(len(shorts) + 1) as pool:
+        streaming = pool.submit(_stream, long, long_chunks)
+        _until(lambda: len(long_chunks) >= 3)
+
+        def timed(b):
+            r = post("/v1/completions", b)
+            return r.json(), time.perf_counter()
+
+        together = list(pool.map(timed, shorts))
+        streaming.result()
+    ended = long_chunks[-1][0]
+    assert len(long_chunks) >= 100 and all(at < ended for _, at in together)  # answered mid-decode
+    assert all(body["soup"]["batch_size"] > 1 for body, _ in together)  # in the long one's batch
+    alone = [post("/v1/completions", b).json()["choices"][0]["text"] for b in shorts]
+    assert [body["choices"][0]["text"] for body, _ in together] == alone
+    streamed = "".join(t for _, t in long_chunks)
+    assert streamed == post("/v1/completions", long).json()["choices"][0]["text"]
+
+
+def test_a_client_that_leaves_frees_its_row(endpoint):
+    chunks: list = []
+    _stream(good(prompt="leave early", max_tokens=100), chunks, stop_after=3)  # disconnects mid-stream
+    with pytest.raises(requests.Timeout):  # a non-streaming client that gives up
+        requests.post(f"{URL}/v1/completions", json=good(max_tokens=100), headers=AUTH, timeout=0.05)
+    time.sleep(0.1)
+    # both would still be decoding (100 tokens take longer than this); a request now shares its batch
+    # with no one
+    r = post("/v1/completions", good(max_tokens=4))
+    assert r.status_code == 200 and r.json()["soup"]["batch_size"] == 1
+
+
+def test_a_burst_beyond_the_queue_gets_503_and_the_server_keeps_answering(endpoint):
+    body = good(max_tokens=60)
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda _: post("/v1/completions", body), range(40)))
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 503} and codes.count(200) >= 12, [
+        r.text for r in answers if r.status_code != 200
+    ]
+    busy = next(r for r in answers if r.status_code == 503)
+    err = busy.json()["error"]
+    assert (err["type"], err["code"]) == ("server_error", "overloaded") and busy.headers["Retry-After"]
+    texts = {r.json()["choices"][0]["text"] for r in answers if r.status_code == 200}
+    assert len(texts) == 1  # the same greedy request, whichever batch it joined
+    assert post("/v1/completions", good()).status_code == 200

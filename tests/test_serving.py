@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import pickle
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from soupkitchen.serving import (
     APIError,
     CompletionBody,
     GenerationRequest,
+    Scheduler,
     ServeOptions,
     SoupEngine,
     SoupInfo,
@@ -180,12 +183,14 @@ def test_serve_options_name_the_bad_arg(monkeypatch):
     monkeypatch.delenv("SOUPKITCHEN_SOUP_URI", raising=False)
     with pytest.raises(ConfigError, match="args.soup"):
         ServeOptions.from_args({})
-    with pytest.raises(ConfigError, match="args.max_batch_size"):
-        ServeOptions.from_args({"soup": "x", "max_batch_size": "0"})
+    with pytest.raises(ConfigError, match="args.max_batch_rows"):
+        ServeOptions.from_args({"soup": "x", "max_batch_rows": "0"})
+    with pytest.raises(ConfigError, match="args.batching"):
+        ServeOptions.from_args({"soup": "x", "batching": "dynamic"})
     with pytest.raises(ConfigError, match="args.max_replicas"):
         ServeOptions.from_args({"soup": "x", "min_replicas": 3, "max_replicas": 2})
-    with pytest.raises(ConfigError, match="args.max_bach_size: unknown key; did you mean 'max_batch_size'"):
-        ServeOptions.from_args({"soup": "x", "max_bach_size": 4})
+    with pytest.raises(ConfigError, match="args.max_bach_rows: unknown key; did you mean 'max_batch_rows'"):
+        ServeOptions.from_args({"soup": "x", "max_bach_rows": 4})
     with pytest.raises(ConfigError, match="args.num_gpus"):
         ServeOptions(soup="x", num_gpus=-1)  # built in code: the same checks
     opts = ServeOptions.from_args({"soup": "models:/soup-demo@production", "num_cpus": "0.5"})
@@ -234,15 +239,47 @@ def engine(tiny_soup):
     return SoupEngine(ServeOptions(soup=str(tiny_soup), model_name="tiny"))
 
 
-def _run(engine, requests):
-    run = engine.start([engine.prepare(r) for r in requests])
-    texts, finish = [""] * len(requests), [None] * len(requests)
-    while not run.finished:
-        for i, d in enumerate(run.step()):
-            if d is not None:
-                texts[i] += d.text
-                finish[i] = d.finish
-    return texts, finish
+class Collector:
+    """Each submitted request's text, finish reason and deltas as the scheduler's loop delivers them."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler, self.out, self.ended = scheduler, {}, threading.Semaphore(0)
+
+    def submit(self, engine, key, request):
+        self.out[key] = {"text": "", "finish": None, "deltas": [], "at": None}
+
+        def sink(d):
+            o = self.out[key]
+            if isinstance(d, APIError):
+                o["finish"] = d
+            else:
+                o["text"] += d.text
+                o["deltas"].append(d)
+                o["finish"] = d.finish
+            if o["finish"] is not None:
+                o["at"] = time.perf_counter()
+                self.ended.release()
+
+        return self.scheduler.submit(engine.prepare(request), sink)
+
+    def wait(self, n: int) -> None:
+        for _ in range(n):
+            assert self.ended.acquire(timeout=120), "a request did not finish"
+
+
+def _run(engine, requests, **options):
+    """(texts, finish reasons) of ``requests`` submitted together to the engine's decode loop."""
+    scheduler = Scheduler(engine, ServeOptions(**(engine.options.model_dump() | options)))
+    try:
+        got = Collector(scheduler)
+        for i, r in enumerate(requests):
+            got.submit(engine, i, r)
+        got.wait(len(requests))
+    finally:
+        scheduler.close()
+    return [got.out[i]["text"] for i in range(len(requests))], [
+        got.out[i]["finish"] for i in range(len(requests))
+    ]
 
 
 def test_engine_mixed_batch_equals_each_request_alone(engine):
@@ -375,3 +412,122 @@ def test_engine_serves_hoe_rows_batched_with_other_modes(engine):
     together = _run(engine, reqs)
     assert together[0] == [_run(engine, [r])[0][0] for r in reqs]
     assert engine.plan(reqs[3]).components[0].c[b.hoe_start + 1] == 1.0  # e_2: the calm expert alone
+
+
+@pytest.fixture(scope="module")
+def long_engine(tiny_soup):
+    """The tiny soup with EOS held back to max_tokens: every request decodes exactly max_tokens tokens."""
+    return SoupEngine(
+        ServeOptions(soup=str(tiny_soup), model_name="tiny", min_tokens=128, max_tokens_limit=100)
+    )
+
+
+def _bodies(info):
+    bodies = [
+        {"prompt": "hello there", "preference": [1, 0], "temperature": 0, "max_tokens": 3},
+        {"prompt": "a b c", "mode": "mage_e_m", "temperature": 0, "max_tokens": 4},
+        {"prompt": "zz", "mode": "mod", "temperature": 0.9, "top_k": 5, "seed": 3, "max_tokens": 5},
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "mode": "hoe",
+            "preference": [0.6, 0.4],
+            "max_tokens": 3,
+        },
+    ]
+    return [parse_request(b, "chat" if "messages" in b else "completion", info) for b in bodies]
+
+
+def _until(predicate, timeout=60.0):
+    deadline = time.perf_counter() + timeout
+    while not predicate():
+        assert time.perf_counter() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_requests_join_a_running_batch_mid_decode_and_equal_each_alone(long_engine):
+    """Continuous batching: short requests of several modes arrive while a long one decodes; they are
+    admitted at once, finish first, and give exactly what each gives alone (greedy and seeded sampling)."""
+    engine, info = long_engine, long_engine.info
+    long = parse_request({"prompt": "once upon", "max_tokens": 60, "temperature": 0}, "completion", info)
+    shorts = _bodies(info)
+    scheduler = Scheduler(engine, engine.options)
+    try:
+        got = Collector(scheduler)
+        got.submit(engine, "long", long)
+        _until(lambda: len(got.out["long"]["deltas"]) >= 3)
+        for i, r in enumerate(shorts):
+            got.submit(engine, i, r)
+        got.wait(len(shorts) + 1)
+    finally:
+        scheduler.close()
+    out = got.out
+    assert all(out[i]["at"] < out["long"]["at"] for i in range(len(shorts)))  # answered while it decoded
+    sizes = [d.batch_size for d in out["long"]["deltas"]]
+    assert sizes[0] == 1 and max(sizes) > 1 and out["long"]["finish"] == "length"
+    assert all(out[i]["deltas"][-1].batch_size > 1 for i in range(len(shorts)))  # shared the batch
+    alone = [_run(engine, [r]) for r in shorts]
+    assert [out[i]["text"] for i in range(len(shorts))] == [a[0][0] for a in alone]
+    assert [len(out[i]["deltas"]) for i in range(len(shorts))] == [r.max_tokens for r in shorts]
+
+
+def test_static_batching_makes_late_requests_wait_for_the_batch(long_engine):
+    engine, info = long_engine, long_engine.info
+    long = parse_request({"prompt": "once upon", "max_tokens": 30, "temperature": 0}, "completion", info)
+    options = ServeOptions(**(engine.options.model_dump() | {"batching": "static"}))
+    scheduler = Scheduler(engine, options)
+    try:
+        got = Collector(scheduler)
+        got.submit(engine, "long", long)
+        _until(lambda: len(got.out["long"]["deltas"]) >= 3)
+        got.submit(engine, "short", _bodies(info)[0])
+        got.wait(2)
+    finally:
+        scheduler.close()
+    assert got.out["short"]["at"] > got.out["long"]["at"]
+    assert {d.batch_size for d in got.out["long"]["deltas"]} == {1}
+
+
+def test_cancelled_request_leaves_at_the_next_step_and_budgets_cap_the_batch(long_engine):
+    engine, info = long_engine, long_engine.info
+    body = {"prompt": "once upon", "max_tokens": 40, "temperature": 0}
+    options = ServeOptions(**(engine.options.model_dump() | {"max_batch_rows": 3}))
+    scheduler = Scheduler(engine, options)
+    try:
+        got = Collector(scheduler)
+        tickets = [got.submit(engine, i, parse_request(body, "completion", info)) for i in range(5)]
+        _until(lambda: scheduler.stats()["running"] == 3)
+        assert scheduler.stats()["waiting"] == 2  # FIFO within max_batch_rows: 3 run, 2 wait
+        _until(lambda: len(got.out[0]["deltas"]) >= 3)
+        scheduler.cancel(tickets[0])
+        scheduler.cancel(tickets[4])  # still waiting: gone without ever running
+        _until(lambda: scheduler.stats()["admitted"] == 4)  # request 3 took the freed row
+        n0 = len(got.out[0]["deltas"])
+        got.wait(3)
+        stats = scheduler.stats()
+    finally:
+        scheduler.close()
+    assert len(got.out[0]["deltas"]) <= n0 + 1 and got.out[0]["finish"] is None  # no row after its cancel
+    assert got.out[4]["deltas"] == [] and stats["running"] == stats["waiting"] == 0
+    assert max(d.batch_size for i in (1, 2, 3) for d in got.out[i]["deltas"]) <= 3
+    assert got.out[1]["text"] == got.out[3]["text"]  # same request, admitted later: same answer
+
+
+def test_a_failed_step_answers_its_requests_500_and_the_loop_goes_on(long_engine, monkeypatch):
+    engine, info = long_engine, long_engine.info
+    scheduler = Scheduler(engine, engine.options)
+    try:
+        batch = scheduler.batch
+        real = batch.step
+        monkeypatch.setattr(batch, "step", lambda: (_ for _ in ()).throw(RuntimeError("CUDA error: boom")))
+        got = Collector(scheduler)
+        got.submit(engine, "bad", _bodies(info)[0])
+        got.wait(1)
+        monkeypatch.setattr(batch, "step", real)
+        got.submit(engine, "good", _bodies(info)[0])
+        got.wait(1)
+        stats = scheduler.stats()
+    finally:
+        scheduler.close()
+    err = got.out["bad"]["finish"]
+    assert isinstance(err, APIError) and err.status == 500 and "CUDA" not in err.message
+    assert got.out["good"]["finish"] == "length" and stats["failed_steps"] == 1

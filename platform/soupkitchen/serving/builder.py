@@ -42,6 +42,7 @@ def build_app(options: ServeOptions) -> Application:
         ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
         autoscaling_config=autoscaling_config(options),
         max_ongoing_requests=options.max_ongoing_requests,
+        max_queued_requests=options.max_queued_requests,
     ).bind(options)
     return OpenAIIngress.options(
         num_replicas=options.ingress_replicas, ray_actor_options={"num_cpus": 0}

@@ -3,9 +3,11 @@
 - ``OpenAIIngress`` (FastAPI, CPU): auth, body limit, JSON and body validation (``serving.protocol``), so a
   bad request is answered 4xx here and never reaches a model replica; OpenAI response / SSE shapes;
   Prometheus ``/metrics``; per-request timeout.
-- ``SoupModel`` (the model, GPU or CPU, autoscaled): ``@serve.batch`` gathers concurrent requests and
-  decodes them as one batch through the per-row coefficient layer, whatever their μ, mode, γ, α and
-  sampling settings (``serving.engine``); it streams per-token deltas back.
+- ``SoupModel`` (the model, GPU or CPU, autoscaled): its ``serving.scheduler.Scheduler`` batches requests
+  continuously (they join and leave the running batch between decode steps) through the per-row
+  coefficient layer, whatever their μ, mode, γ, α and sampling settings (``serving.engine``); it streams
+  per-token deltas back. A request cancelled by Serve (client gone, timeout) leaves the batch at the next
+  step.
 
 Routes: POST /v1/completions, POST /v1/chat/completions (both with ``stream``), GET /v1/models,
 GET /healthz, GET /metrics. Both deployments take the one ``ServeOptions`` the builder parsed; their
@@ -19,12 +21,12 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 
 from soupkitchen.serving.engine import Job, SoupEngine
@@ -32,6 +34,7 @@ from soupkitchen.serving.metrics import EndpointMetrics
 from soupkitchen.serving.options import ServeOptions
 from soupkitchen.serving.protocol import APIError, GenerationRequest, parse_request
 from soupkitchen.serving.responses import chunk, response, usage
+from soupkitchen.serving.scheduler import Scheduler
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="soupkitchen", description="OpenAI-compatible controllable multi-objective generation")
@@ -59,13 +62,15 @@ class SoupModel:
         assert isinstance(options, ServeOptions), options  # parsed once, by the application builder
         self.options = options
         self.engine = SoupEngine(options)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="decode")  # one batch at a time on the model
+        self.scheduler = Scheduler(self.engine, options)  # the one thread that runs the model
         self.replica = _replica_id()
-        self._batched.set_max_batch_size(options.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
     def info(self):
         return self.engine.info
+
+    def stats(self) -> dict:
+        """What the decode loop is doing now (``Scheduler.stats``) and which replica answers."""
+        return self.scheduler.stats() | {"replica": self.replica}
 
     def _prepare(self, req: GenerationRequest) -> Job | dict:
         try:
@@ -79,9 +84,12 @@ class SoupModel:
         if isinstance(job, dict):
             return job
         parts, last = [], None
-        async for d in self._batched(job):
-            parts.append(d.text)
-            last = d
+        try:
+            async for d in self._decoded(job):
+                parts.append(d.text)
+                last = d
+        except APIError as e:
+            return {"error": e}
         return {
             "text": "".join(parts),
             "finish": last.finish,
@@ -99,26 +107,43 @@ class SoupModel:
             yield job
             return
         yield {"accepted": job.prompt_tokens, "replica": self.replica, "experts": job.experts}
-        async for d in self._batched(job):
-            yield {
-                "text": d.text,
-                "finish": d.finish,
-                "prompt_tokens": d.prompt_tokens,
-                "completion_tokens": d.completion_tokens,
-                "batch_size": d.batch_size,
-            }
+        try:
+            async for d in self._decoded(job):
+                yield {
+                    "text": d.text,
+                    "finish": d.finish,
+                    "prompt_tokens": d.prompt_tokens,
+                    "completion_tokens": d.completion_tokens,
+                    "batch_size": d.batch_size,
+                }
+        except APIError as e:
+            yield {"error": e}
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def _batched(self, jobs: list[Job]):
+    async def _decoded(self, job: Job):
+        """The job's deltas from the decode loop; leaving early (cancelled by Serve, the client gone)
+        cancels its rows."""
         loop = asyncio.get_running_loop()
-        run = await loop.run_in_executor(self.pool, self.engine.start, jobs)
-        while not run.finished:
-            deltas = await loop.run_in_executor(self.pool, run.step)
-            yield [StopIteration if d is None else d for d in deltas]
+        queue: asyncio.Queue = asyncio.Queue()
+        ticket = self.scheduler.submit(job, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, APIError):
+                    raise item
+                yield item
+                if item.finish is not None:
+                    return
+        finally:
+            self.scheduler.cancel(ticket)
 
     def check_health(self):
-        if self.engine.model is None:
-            raise RuntimeError("model not loaded")
+        if not self.scheduler.thread.is_alive():
+            raise RuntimeError("the decode loop has stopped")
+
+    def __del__(self):
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.close()
 
 
 @serve.deployment(name="OpenAIIngress", max_ongoing_requests=1024)
@@ -152,6 +177,16 @@ class OpenAIIngress:
                 "authentication_error",
                 "invalid_api_key",
             )
+
+    def _overloaded(self, e: BackPressureError) -> APIError:
+        queued, limit = e.args[:2]  # BackPressureError keeps its fields only in args
+        return APIError(
+            503,
+            f"the server is overloaded ({queued} requests queued, the limit is {limit}); retry later",
+            None,
+            "server_error",
+            "overloaded",
+        )
 
     def _timed_out(self) -> APIError:
         return APIError(
@@ -232,6 +267,10 @@ class OpenAIIngress:
                 out["experts"],
             )
             return JSONResponse(body)
+        except BackPressureError as e:  # any call to the model deployment (info too) when its queue is full
+            err = self._overloaded(e)
+            status, err_type = err.status, err.type
+            return JSONResponse(err.body(), status_code=err.status, headers={"Retry-After": "1"})
         except APIError as e:
             status, err_type = e.status, e.type
             return JSONResponse(e.body(), status_code=e.status)
@@ -260,7 +299,7 @@ class OpenAIIngress:
         routed = first["experts"]
 
         async def events():
-            status, err_type, sent, last = 200, None, False, None
+            status, err_type, sent, last, ended = 200, None, False, None, False
             try:
                 while True:
                     remaining = deadline - time.perf_counter()
@@ -270,6 +309,8 @@ class OpenAIIngress:
                         item = await asyncio.wait_for(gen.__anext__(), remaining)
                     except StopAsyncIteration:
                         break
+                    if "error" in item:
+                        raise item["error"]
                     last = item
                     if not sent:
                         self.metrics.first_token.observe(time.perf_counter() - t0)
@@ -282,6 +323,10 @@ class OpenAIIngress:
                         use = usage(last["prompt_tokens"], last["completion_tokens"])
                         yield f"data: {json.dumps(chunk(req, info.model, None, None, False, use))}\n\n"
                 yield "data: [DONE]\n\n"
+                ended = True
+            except APIError as e:
+                status, err_type, ended = e.status, e.type, True
+                yield f"data: {json.dumps(e.body())}\n\n"
             except TimeoutError:
                 gen.cancel()
                 err = self._timed_out()
@@ -292,6 +337,8 @@ class OpenAIIngress:
                 status, err_type = 500, "server_error"
                 yield f"data: {json.dumps(APIError(500, 'internal error', None, 'server_error').body())}\n\n"
             finally:
+                if not ended:  # the client went away (or the stream failed): free its rows on the replica
+                    gen.cancel()
                 self.metrics.in_flight.dec()
                 self.metrics.done(endpoint, req.mode.value, status, time.perf_counter() - t0, err_type)
 

@@ -4,9 +4,7 @@ coefficient layer: no per-request merge, no per-request model copy).
 
     engine = SoupEngine(ServeOptions(soup="models:/soup-demo@production"))
     job = engine.prepare(request)              # APIError(400) if the prompt does not fit the context
-    run = engine.start([job, ...])
-    while not run.finished:
-        deltas = run.step()                    # per request: Delta(text, finish, ...) or None once done
+    scheduler = Scheduler(engine, options)     # serving.scheduler: the continuous-batching decode loop
 
 Modes (``methods.Mode``) over the bundle's n backbones (and its value models, stacked after them),
 ``decoding.plans``: ``bone_soup`` = unguided decoding at c = (1 + α)B(β)⁻¹μ; ``rewarded_soups`` = unguided at
@@ -26,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from soupkitchen.artifacts import fetch
-from soupkitchen.decoding import AdapterRoles, Decoder, DecodeSettings, RowPlan, RowRequest
+from soupkitchen.decoding import AdapterRoles, DecodeSettings, RowPlan, RowRequest
 from soupkitchen.generation import clean_text
 from soupkitchen.merging import load_bundle
 from soupkitchen.methods import Mode
@@ -49,13 +47,15 @@ class Job:
 
 @dataclass
 class Delta:
-    """New text of one request after a decoding step; ``finish`` ("stop" | "length") on its last step."""
+    """New text of one request after a decoding step; ``finish`` ("stop" | "length") on its last step;
+    ``batch_size``: the mean number of requests its decode steps so far shared the batch with (itself
+    included)."""
 
     text: str
     finish: str | None
     prompt_tokens: int
     completion_tokens: int
-    batch_size: int
+    batch_size: float
 
 
 class TextStream:
@@ -192,58 +192,9 @@ class SoupEngine:
             experts = {k: round(v, 6) for k, v in stack.selected(plan.components[0].c, names).items()}
         return Job(req, text, n, plan, settings, experts)
 
-    def start(self, jobs: list[Job]) -> BatchRun:
-        return BatchRun(self, jobs)
-
 
 def _expert_card(e) -> dict:
     """A served HoE expert as ``/v1/models`` lists it."""
     return {"name": e.name, "kind": e.kind, "preference": e.preference} | (
         {"votes": e.votes} if e.votes else {}
     )
-
-
-class BatchRun:
-    """One decoding batch of jobs, stepped token by token (``Decoder``), with each row's text deltas."""
-
-    def __init__(self, engine: SoupEngine, jobs: list[Job]):
-        self.engine, self.jobs = engine, jobs
-        self.decoder = Decoder(
-            engine.model,
-            engine.tokenizer,
-            [j.text for j in jobs],
-            [j.plan for j in jobs],
-            [j.settings for j in jobs],
-            max_prompt_tokens=engine.info.context_length,
-            device=engine.device,
-        )
-        self.streams = [TextStream(j.request.stop) for j in jobs]
-        self.counts = [0] * len(jobs)
-        self.closed = [False] * len(jobs)
-
-    @property
-    def finished(self) -> bool:
-        return all(self.closed)
-
-    def step(self) -> list[Delta | None]:
-        """One token for every open request: its Delta (finish set on its last), None for closed ones."""
-        tok = self.engine.tokenizer
-        dec = self.decoder
-        _, done = dec.step()
-        ending = dec.finished
-        out: list[Delta | None] = []
-        for r, job in enumerate(self.jobs):
-            if self.closed[r]:
-                out.append(None)
-                continue
-            self.counts[r] += 1
-            last = bool(done[r]) or ending
-            gen = dec.batch.gen[r, : self.counts[r]]
-            text = self.streams[r].update(tok.decode(gen, skip_special_tokens=True), final=last)
-            finish = None
-            if last:
-                self.closed[r] = True
-                hit_stop = bool(dec.batch.eos[r]) or self.counts[r] < job.request.max_tokens
-                finish = "stop" if hit_stop else "length"
-            out.append(Delta(text, finish, job.prompt_tokens, self.counts[r], len(self.jobs)))
-        return out

@@ -27,8 +27,12 @@ class ServeOptions(Schema):
     served model id (default: derived from ``soup``). Limits: ``max_tokens_limit`` per request,
     ``context_length`` (0: the model's), ``max_body_bytes``, ``request_timeout_s``, ``max_gamma`` /
     ``max_alpha``. ``api_key_env``: if that environment variable is set, requests need ``Authorization:
-    Bearer <its value>``. Batching: ``max_batch_size`` requests per decoding batch, waiting at most
-    ``batch_wait_timeout_s`` to fill one. Replicas: ``num_cpus`` / ``num_gpus`` each, autoscaled between
+    Bearer <its value>``. Batching (``serving.scheduler``): ``continuous`` (requests join and leave the
+    running batch between decode steps) or ``static``, within ``max_batch_rows`` forward rows,
+    ``max_batch_tokens`` reserved KV positions and ``max_prefill_tokens`` per step; an idle replica waits
+    ``batch_wait_timeout_s`` for a burst to gather. Back-pressure: beyond ``max_ongoing_requests`` per
+    replica, up to ``max_queued_requests`` wait in Ray Serve's queue; more are answered 503. Replicas:
+    ``num_cpus`` / ``num_gpus`` each, autoscaled between
     ``min_replicas`` and ``max_replicas`` on ``target_ongoing_requests`` per replica (Ray Serve's
     ``autoscaling_config``: averaged over ``look_back_period_s``, reported every ``metrics_interval_s``).
     """
@@ -47,8 +51,12 @@ class ServeOptions(Schema):
     max_gamma: float = Field(10.0, ge=0.0)
     max_alpha: float = Field(1.0, ge=0.0)
     api_key_env: str = "SOUPKITCHEN_API_KEY"
-    max_batch_size: int = Field(16, ge=1)
-    batch_wait_timeout_s: float = Field(0.02, ge=0.0)
+    batching: Literal["continuous", "static"] = "continuous"  # static: the old run-to-the-longest batches
+    max_batch_rows: int = Field(32, ge=1)  # forward rows per decode step (a MOD request at n = 2 is 2)
+    max_batch_tokens: int = Field(65536, ge=1)  # Σ (prompt + max_tokens) × rows admitted: bounds the KV cache
+    max_prefill_tokens: int = Field(2048, ge=1)  # prompt tokens prefilled between two steps: bounds a stall
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)  # an idle replica's wait for a burst to arrive
+    max_queued_requests: int = Field(256, ge=-1)  # Ray Serve's queue in front of the replicas (-1: none)
     torch_threads: int = Field(0, ge=0)
     num_cpus: float = Field(1.0, ge=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
