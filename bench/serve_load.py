@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="bone_soup,mage_i_m,mod")
     p.add_argument("--max-replicas", type=int, default=2)
     p.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per model replica")
-    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--max-batch-rows", type=int, default=32, help="forward rows in a replica's running batch")
+    p.add_argument("--batching", choices=["continuous", "static"], default="continuous")
     p.add_argument("--batch-wait", type=float, default=0.05, help="batch_wait_timeout_s")
     p.add_argument("--torch-threads", type=int, default=1)
     a = p.parse_args(argv)
@@ -171,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         num_cpus=a.num_cpus,
         min_replicas=1,
         max_replicas=a.max_replicas,
-        target_ongoing_requests=max(a.max_batch_size // 4, 1),
+        target_ongoing_requests=max(a.max_batch_rows // 8, 1),
         upscale_delay_s=2.0,
         downscale_delay_s=10.0,
         metrics_interval_s=1.0,
         look_back_period_s=5.0,
-        max_batch_size=a.max_batch_size,
+        max_batch_rows=a.max_batch_rows,
+        batching=a.batching,
         batch_wait_timeout_s=a.batch_wait,
         min_tokens=a.tokens,
         max_tokens_limit=max(a.tokens, 16),
