@@ -91,7 +91,7 @@ section decoding_throughput 60 "" \
 # 3. Continuous vs static batching in the Serve app under Poisson arrivals of short and long requests.
 section serve_load 110 "" \
   "$PY" bench/serve_load.py --recipe demo --device cuda --compare-batching --arrival poisson \
-  --max-tokens 8,128 --concurrency 16 --requests 64 --rounds 1
+  --max-tokens 8,128 --concurrency 16 --requests 64 --rounds 1 --max-replicas 1
 ray_down
 
 # 4. The real training path on GPU: one PPO step, Ray Train worker, DeepSpeed ZeRO-2 on NCCL, bf16 (1 backbone).
