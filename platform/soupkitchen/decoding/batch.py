@@ -107,6 +107,7 @@ class RowBatch:
                 position_ids=self.positions,
                 past_key_values=self.cache,
                 use_cache=True,
+                logits_to_keep=1,  # a prefill's earlier positions need no [V] logits
             )
         finally:
             if state is not None:
