@@ -20,9 +20,11 @@ Poisson arrival times (``--arrival poisson --rate R``); each request's max_token
 
 Reported: requests/s, completion tokens/s, p50/p99 latency and time to first token, errors, the mean
 decoding-batch size (requests per step, from the ingress's ``soupkitchen_batch_size`` histogram), the
-continuous/static ratios (target ≥ 1.5× throughput and a lower p99 at concurrency 16) and the SoupModel
-replica count over time (``serve.status()``). Without ``--soup`` the bundle is n random LoRA adapters (the
-recipe's rank and targets) over the recipe's W0, written to a temporary directory.
+continuous/static and mixed/single ratios with 95 % bootstrap intervals paired over the same requests
+(target ≥ 1.5× throughput and a lower p99 at concurrency 16; throughput as Σ tokens / Σ latency, which
+is throughput / concurrency while the concurrency stays saturated, so it resamples per request) and the
+SoupModel replica count over time (``serve.status()``). Without ``--soup`` the bundle is n random LoRA
+adapters (the recipe's rank and targets) over the recipe's W0, written to a temporary directory.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -45,7 +48,7 @@ import requests
 from ray import serve
 from safetensors.torch import save_file
 
-from soupkitchen.benchmarks import random_adapters
+from soupkitchen.benchmarks import format_ratio, paired_ratio, random_adapters
 from soupkitchen.config import load_recipe
 from soupkitchen.merging import write_bundle
 from soupkitchen.methods import Mode
@@ -109,23 +112,21 @@ def mean_batch(url: str) -> tuple[float, float]:
     return got.get("soupkitchen_batch_size_sum", 0.0), got.get("soupkitchen_batch_size_count", 0.0)
 
 
-async def drive(url: str, bodies: list[dict], concurrency: int, rate: float, rng) -> dict:
-    """Stream ``bodies`` with at most ``concurrency`` in flight, each released at its arrival time (Poisson at
-    ``rate`` req/s, or all at once when ``rate`` is 0); throughput, latency and TTFT percentiles, errors."""
+async def drive(url: str, bodies: list[dict], arrivals: np.ndarray, concurrency: int) -> dict:
+    """Stream ``bodies`` with at most ``concurrency`` in flight, body i released at ``arrivals[i]`` seconds;
+    throughput, latency and TTFT percentiles, errors, and per request [tokens, latency, TTFT] (NaN when it
+    failed) in body order, so two runs over the same bodies pair request by request."""
     sem = asyncio.Semaphore(concurrency)
-    lat, ttft, tokens, errors = [], [], 0, 0
-    gaps = rng.exponential(1.0 / rate, len(bodies)) if rate > 0 else np.zeros(len(bodies))
-    arrivals = np.cumsum(gaps)
+    per = np.full((len(bodies), 3), np.nan)
+    errors: list[str] = []
 
-    async def one(session, body, at):
-        nonlocal tokens, errors
+    async def one(session, i, body, at):
         await asyncio.sleep(max(at - (time.perf_counter() - t0), 0.0))
         async with sem:
             t, first, used = time.perf_counter(), None, None
             async with session.post(f"{url}/v1/completions", json=body) as r:
                 if r.status != 200:
-                    errors += 1
-                    await r.read()
+                    errors.append(f"HTTP {r.status}: {(await r.text())[:160]}")
                     return
                 async for raw in r.content:
                     line = raw.decode().strip()
@@ -133,55 +134,94 @@ async def drive(url: str, bodies: list[dict], concurrency: int, rate: float, rng
                         continue
                     data = json.loads(line[6:])
                     if "error" in data:
-                        errors += 1
+                        errors.append(f"stream: {str(data['error'])[:160]}")
                         return
                     if first is None and data["choices"]:
                         first = time.perf_counter() - t
                     used = data.get("usage") or used
-            lat.append(time.perf_counter() - t)
-            ttft.append(first if first is not None else lat[-1])
-            tokens += used["completion_tokens"] if used else 0
+            lat = time.perf_counter() - t
+            per[i] = (used["completion_tokens"] if used else 0, lat, first if first is not None else lat)
 
     timeout = aiohttp.ClientTimeout(total=600)
     before = mean_batch(url)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         t0 = time.perf_counter()
-        await asyncio.gather(*(one(session, b, at) for b, at in zip(bodies, arrivals, strict=True)))
+        await asyncio.gather(
+            *(one(session, i, b, at) for i, (b, at) in enumerate(zip(bodies, arrivals, strict=True)))
+        )
         wall = time.perf_counter() - t0
     after = mean_batch(url)
-    q = np.percentile(lat, [50, 99]) if lat else [float("nan")] * 2
-    f = np.percentile(ttft, [50, 99]) if ttft else [float("nan")] * 2
+    ok = per[~np.isnan(per[:, 1])]
+    q = np.percentile(ok[:, 1], [50, 99]) if len(ok) else [float("nan")] * 2
+    f = np.percentile(ok[:, 2], [50, 99]) if len(ok) else [float("nan")] * 2
     served = after[1] - before[1]
     return {
-        "req_s": len(lat) / wall,
-        "tok_s": tokens / wall,
+        "req_s": len(ok) / wall,
+        "tok_s": float(ok[:, 0].sum()) / wall,
         "p50": float(q[0]),
         "p99": float(q[1]),
         "ttft50": float(f[0]),
         "ttft99": float(f[1]),
         "errors": errors,
         "batch": (after[0] - before[0]) / served if served else 0.0,
+        "per_request": per,
     }
 
 
-def bodies_for(phase: str, n_obj: int, k: int, tokens: tuple[int, int], modes: list[str], rng) -> list[dict]:
-    """k streamed greedy completions; max_tokens uniform in ``tokens`` (the server holds EOS back to it)."""
+PHASES = ("single", "mixed", "modes")
+SCALARS = ("req_s", "tok_s", "p50", "p99", "ttft50", "ttft99", "batch")  # drive()'s per-run figures
+
+
+def bodies_for(
+    phase: str, n_obj: int, k: int, tokens: tuple[int, int], modes: list[str], rate: float, seed: int
+) -> tuple[list[dict], np.ndarray]:
+    """k streamed greedy completions and their arrival times (Poisson at ``rate`` req/s, all at 0 when
+    ``rate`` is 0). Prompts, max_tokens (uniform in ``tokens``; the server holds EOS back to it) and arrivals
+    depend only on ``seed``, so every phase and every batching of one round sends the same requests and
+    differs only in μ and mode (drawn from ``seed`` and the phase)."""
+    shape = np.random.default_rng([seed, 0])
+    draw = np.random.default_rng([seed, 1 + PHASES.index(phase)])
+    lengths = shape.integers(tokens[0], tokens[1] + 1, k)
+    arrivals = np.cumsum(shape.exponential(1.0 / rate, k)) if rate > 0 else np.zeros(k)
     out = []
     for i in range(k):
-        mu = [1.0 / n_obj] * n_obj if phase == "single" else rng.dirichlet(np.ones(n_obj)).tolist()
-        mode = rng.choice(modes) if phase == "modes" else Mode.BONE_SOUP.value
+        mu = [1.0 / n_obj] * n_obj if phase == "single" else draw.dirichlet(np.ones(n_obj)).tolist()
+        mode = draw.choice(modes) if phase == "modes" else Mode.BONE_SOUP.value
         out.append(
             {
-                "prompt": f"Write one sentence about topic {i}.",
+                "prompt": f"Write one sentence about topic {seed}-{i}.",
                 "preference": mu,
                 "mode": str(mode),
-                "max_tokens": int(rng.integers(tokens[0], tokens[1] + 1)),
+                "max_tokens": int(lengths[i]),
                 "temperature": 0,
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
         )
-    return out
+    return out, arrivals
+
+
+def token_rate(per: np.ndarray) -> float:
+    """Σ tokens / Σ latency over requests: at a concurrency that stays saturated, C × this is the
+    throughput (Little's law), so its ratio between two runs of the same requests is their throughput
+    ratio, and it resamples per request."""
+    return per[:, 0].sum() / per[:, 1].sum()
+
+
+def compare(num: list[dict], den: list[dict]) -> dict[str, tuple[float, float, float]]:
+    """num/den ratios of the token rate and of p50/p99 latency and p99 TTFT, paired over the requests both
+    answered (same bodies, all rounds), with 95 % bootstrap intervals."""
+    a = np.concatenate([r["per_request"] for r in num])
+    b = np.concatenate([r["per_request"] for r in den])
+    both = ~(np.isnan(a[:, 1]) | np.isnan(b[:, 1]))
+    a, b = a[both], b[both]
+    return {
+        "requests": (float(both.sum()),) * 3,
+        "rate": paired_ratio(a, b, token_rate),
+        "p50": paired_ratio(a[:, 1], b[:, 1], lambda x: np.percentile(x, 50)),
+        "p99": paired_ratio(a[:, 1], b[:, 1], lambda x: np.percentile(x, 99)),
+        "ttft99": paired_ratio(a[:, 2], b[:, 2], lambda x: np.percentile(x, 99)),
+    }
 
 
 def tokens_range(text: str) -> tuple[int, int]:
@@ -255,20 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         url = deploy(a, soup, batching, a.max_tokens)
         info = requests.get(f"{url}/v1/models", timeout=300).json()["data"][0]
         n_obj, modes = len(info["objectives"]), [m for m in a.modes.split(",") if m in info["modes"]]
-        rng = np.random.default_rng(0)  # every batching sees the same requests and arrivals
         if not watch.is_alive():
             watch.start()
-        warm = bodies_for("mixed", n_obj, a.concurrency, a.max_tokens, modes, rng)
-        asyncio.run(drive(url, warm, a.concurrency, 0.0, rng))
-        phases = ["single", "mixed", "modes"] if batching == "continuous" else ["mixed"]
+        # warm-up requests: seed a.rounds, unlike any measured round's
+        warm, at = bodies_for("mixed", n_obj, a.concurrency, a.max_tokens, modes, 0.0, seed=a.rounds)
+        asyncio.run(drive(url, warm, at, a.concurrency))
+        phases = PHASES if batching == "continuous" else ("mixed",)
         for name in phases:
             results.setdefault(f"{batching[:4]}/{name}", [])
-        for _ in range(a.rounds):
+        for r in range(a.rounds):
             for name in phases:
-                bodies = bodies_for(name, n_obj, a.requests, a.max_tokens, modes, rng)
-                results[f"{batching[:4]}/{name}"].append(
-                    asyncio.run(drive(url, bodies, a.concurrency, rate, rng))
-                )
+                bodies, at = bodies_for(name, n_obj, a.requests, a.max_tokens, modes, rate, seed=r)
+                results[f"{batching[:4]}/{name}"].append(asyncio.run(drive(url, bodies, at, a.concurrency)))
     t_load_end = watch.samples[-1][0] if watch.samples else 0.0
     time.sleep(25)  # idle: the autoscaler should remove the extra replica after downscale_delay_s
     watch.stop.set()
@@ -284,20 +322,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{head} {'errors':>6} {'batch':>6}")
     med = {}
     for phase, rs in results.items():
-        med[phase] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        m = med[phase]
+        m = med[phase] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k in SCALARS}
         print(
             f"{phase:<16} {m['req_s']:7.2f} {m['tok_s']:8.1f} {m['p50']:7.3f} {m['p99']:7.3f} "
-            f"{m['ttft50']:7.3f} {m['ttft99']:7.3f} {sum(r['errors'] for r in rs):6d} {m['batch']:6.1f}"
+            f"{m['ttft50']:7.3f} {m['ttft99']:7.3f} {sum(len(r['errors']) for r in rs):6d} {m['batch']:6.1f}"
         )
+    if seen := Counter(e for rs in results.values() for r in rs for e in r["errors"]):
+        print("errors: " + "; ".join(f"{n}× {e}" for e, n in seen.most_common(3)))
+    paired = "paired over the same requests of all rounds, 95 % bootstrap; rate = Σ tokens / Σ latency"
     if "cont/mixed" in med and "cont/single" in med:
-        ratio = med["cont/mixed"]["tok_s"] / med["cont/single"]["tok_s"]
-        print(f"mixed-μ / single-μ throughput (continuous): {ratio:.2f}× (target ≥ 0.9×)")
-    if "stat/mixed" in med and "cont/mixed" in med:
-        c, st = med["cont/mixed"], med["stat/mixed"]
+        r = compare(results["cont/mixed"], results["cont/single"])
+        wall = med["cont/mixed"]["tok_s"] / med["cont/single"]["tok_s"]
         print(
-            f"continuous / static (mixed μ): throughput {c['tok_s'] / st['tok_s']:.2f}× (target ≥ 1.5×), "
-            f"p99 {c['p99']:.3f} s vs {st['p99']:.3f} s, TTFT p99 {c['ttft99']:.3f} s vs {st['ttft99']:.3f} s"
+            f"mixed-μ / single-μ (continuous, {r['requests'][0]:.0f} requests {paired}): token rate "
+            f"{format_ratio(r['rate'])} (target ≥ 0.9×; wall tok/s {wall:.2f}×), p99 {format_ratio(r['p99'])}"
+        )
+    if "stat/mixed" in med and "cont/mixed" in med:
+        r = compare(results["cont/mixed"], results["stat/mixed"])
+        wall = med["cont/mixed"]["tok_s"] / med["stat/mixed"]["tok_s"]
+        print(
+            f"continuous / static (mixed μ, {r['requests'][0]:.0f} requests {paired}): token rate "
+            f"{format_ratio(r['rate'])} (target ≥ 1.5×; wall tok/s {wall:.2f}×), p50 latency "
+            f"{format_ratio(r['p50'])}, p99 {format_ratio(r['p99'])} (target < 1), TTFT p99 "
+            f"{format_ratio(r['ttft99'])}"
         )
     during = [c for t, c in watch.samples if t <= t_load_end]
     after = [c for t, c in watch.samples if t > t_load_end]

@@ -10,9 +10,11 @@ import argparse
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from peft import get_peft_model_state_dict
 
+from soupkitchen.bootstrap import percentile_interval
 from soupkitchen.config import Recipe, load_recipe, parse_cli_overrides
 from soupkitchen.models import attach_lora, load_base_model, resolve_device
 
@@ -80,3 +82,23 @@ def interleaved(
         for k, fn in runs.items():
             times[k].append(timed(fn, sync))
     return times
+
+
+def paired_ratio(
+    num, den, stat: Callable[[np.ndarray], float], samples: int = 2000, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """(stat(num) / stat(den), lo, hi): row i of ``num`` and ``den`` is one unit (a request, a repeat)
+    measured under both sides; the interval is the percentile interval of the ratio over paired bootstrap
+    resamples of the units (the same rows drawn for both sides, seed 0)."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"paired_ratio needs equally many units on both sides, got {len(a)} and {len(b)}")
+    idx = np.random.default_rng(0).integers(0, len(a), (samples, len(a)))
+    reps = np.array([stat(a[i]) / stat(b[i]) for i in idx])
+    lo, hi = percentile_interval(reps, confidence)
+    return float(stat(a) / stat(b)), float(lo), float(hi)
+
+
+def format_ratio(r: tuple[float, float, float]) -> str:
+    """``1.62× [1.41, 1.85]``."""
+    return f"{r[0]:.2f}× [{r[1]:.2f}, {r[2]:.2f}]"
