@@ -61,7 +61,7 @@ def ray_head(tmp_path_factory):
         if time.time() > deadline:
             raise RuntimeError("Ray job server did not come up")
         time.sleep(2)
-    yield {"address": address, "env": env, "ray": _ray}
+    yield {"address": address, "env": env, "ray": _ray, "temp": temp}
     _ray("stop", "--force", env=env, check=False)
     shutil.rmtree(temp, ignore_errors=True)
 

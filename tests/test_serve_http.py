@@ -21,7 +21,7 @@ import requests
 from tests.conftest import RAY_DASHBOARD_PORT, RAY_PORT, REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
-PORT, KEY = 28311, "sk-test-soupkitchen"
+PORT, KEY, KEY2 = 28311, "sk-test-soupkitchen", "sk-second-client-7f3a"
 URL = f"http://127.0.0.1:{PORT}"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -34,8 +34,10 @@ def _serve_cli(*args, env, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def endpoint(ray_head, tiny_soup):
+def endpoint(ray_head, tiny_soup, tmp_path_factory):
     env = ray_head["env"]
+    keys = tmp_path_factory.mktemp("keys") / "api-keys.txt"
+    keys.write_text(f"# one key per client\n{KEY}\n\n{KEY2}\n")
     gcs = f"127.0.0.1:{RAY_PORT}"
     out = _serve_cli("start", "--address", gcs, "--http-host", "127.0.0.1", "--http-port", str(PORT), env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -52,8 +54,9 @@ def endpoint(ray_head, tiny_soup):
         "max_tokens_limit": 100,
         "max_body_bytes": 4096,
         "torch_threads": 1,
+        "api_key_file": str(keys),  # two clients' keys, as a mounted secret would hold them
     }
-    runtime = {"env_vars": {"SOUPKITCHEN_API_KEY": KEY, "PYTHONPATH": "platform"}}
+    runtime = {"env_vars": {"PYTHONPATH": "platform"}}
     cmd = ["run", "--non-blocking", "--address", gcs, "--working-dir", str(REPO)]
     cmd += [
         "--runtime-env-json",
@@ -145,7 +148,19 @@ BAD = [
     ("missing prompt", {"max_tokens": 3}, None, 400, "prompt"),
     ("μ of the wrong length", good(preference=[1, 0, 0]), None, 400, "preference"),
     ("negative μ", good(preference=[-1, 2]), None, 400, "preference"),
-    ("NaN μ", None, b'{"prompt": "x", "preference": [NaN, 1]}', 400, "preference"),
+    ("NaN μ", None, b'{"prompt": "x", "preference": [NaN, 1]}', 400, "preference[0]"),
+    ("a body nested 1500 deep", None, b"[" * 1500 + b"]" * 1500, 400, None),
+    (
+        "μ nested 40 deep",
+        None,
+        b'{"prompt": "x", "preference": ' + b"[" * 40 + b"]" * 40 + b"}",
+        400,
+        "preference",
+    ),
+    ("a lone surrogate in the prompt", None, b'{"prompt": "caf\\ud800"}', 400, "prompt"),
+    ("a repeated key", None, b'{"prompt": "x", "prompt": "y"}', 400, None),
+    ("γ beyond a double", None, b'{"prompt": "x", "gamma": 1e400}', 400, "gamma"),
+    ("not UTF-8", None, b'{"prompt": "\xff\xfe"}', 400, None),
     ("all-zero μ", good(preference=[0, 0]), None, 400, "preference"),
     ("unknown objective", good(preference={"funny": 1}), None, 400, "preference"),
     ("γ out of range", good(mode="mage_i_m", gamma=1e9), None, 400, "gamma"),
@@ -171,6 +186,15 @@ def test_bad_input_gets_4xx_and_the_server_keeps_answering(endpoint, what, body,
     assert post("/v1/completions", good()).status_code == 200
 
 
+def test_hostile_text_and_numbers_that_are_valid_json(endpoint):
+    """Weights that overflow when summed are relative weights (μ = their ratio); a surrogate in a chat
+    message is refused naming the message, by the ingress, before any model replica sees it."""
+    r = post("/v1/completions", good(preference=[1e308, 1e308]))
+    assert r.status_code == 200 and r.json()["soup"]["preference"] == [0.5, 0.5], r.text
+    r = post("/v1/chat/completions", None, raw=b'{"messages": [{"role": "user", "content": "\\udfff"}]}')
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "messages[0].content"), r.text
+
+
 def test_validation_errors_say_what_is_allowed(endpoint):
     r = post("/v1/completions", good(mode="rewarded_soup"))
     assert r.status_code == 400 and "did you mean 'rewarded_soups'?" in r.json()["error"]["message"]
@@ -190,6 +214,10 @@ def test_auth_and_unknown_routes(endpoint):
     r = post("/v1/completions", good(), headers={})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert post("/v1/completions", good(), headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert post("/v1/completions", good(), headers={"Authorization": f"Bearer {KEY2}"}).status_code == 200
+    # a header no str comparison accepts (latin-1 bytes) is a 401, not a 500
+    r = post("/v1/completions", good(), headers={"Authorization": "Bearer sk-\xe9\xff"})
+    assert r.status_code == 401, r.text
     r = requests.get(f"{URL}/v1/nothing", timeout=10)
     assert r.status_code == 404 and "error" in r.json()
 
@@ -300,3 +328,19 @@ def test_a_burst_beyond_the_queue_gets_503_and_the_server_keeps_answering(endpoi
     texts = {r.json()["choices"][0]["text"] for r in answers if r.status_code == 200}
     assert len(texts) == 1  # the same greedy request, whichever batch it joined
     assert post("/v1/completions", good()).status_code == 200
+
+
+def test_api_keys_never_reach_logs_errors_or_metrics(endpoint, ray_head):
+    """After every test above (wrong keys, right keys, errors of every kind), neither key appears in any
+    response body, in /metrics or in any file of the Ray session (Serve, replica, proxy and GCS logs)."""
+    r = post("/v1/completions", good(prompt=KEY), headers={"Authorization": f"Bearer {KEY}x"})
+    assert r.status_code == 401 and KEY not in r.text
+    assert KEY not in requests.get(f"{URL}/metrics", timeout=10).text
+    leaks = []
+    for f in Path(ray_head["temp"]).rglob("*"):
+        if "runtime_resources" in f.parts or f.suffix == ".zip":  # copies of this repository (its tests)
+            continue
+        if f.is_file() and f.stat().st_size < 50_000_000 and not f.is_symlink():
+            data = f.read_bytes()
+            leaks += [f"{f.name}: {k}" for k in (KEY, KEY2) if k.encode() in data]
+    assert not leaks, leaks

@@ -32,6 +32,7 @@ from soupkitchen.serving import (
     SoupEngine,
     SoupInfo,
     TextStream,
+    parse_json,
     parse_preference,
     parse_request,
 )
@@ -121,6 +122,51 @@ def test_bad_chat_bodies_name_the_field(messages, param):
     with pytest.raises(APIError) as err:
         parse_request({"messages": messages}, "chat", INFO)
     assert err.value.param == param
+
+
+@pytest.mark.parametrize(
+    "raw, param, words",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, None, ["nested too deeply"]),
+        (
+            b'{"prompt": "x", "preference": ' + b"[" * 33 + b"1" + b"]" * 33 + b"}",
+            "preference",
+            ["32 levels"],
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud83d"}]}]}',
+            "messages[0].content[0].text",
+            ["surrogate at character 0"],
+        ),
+        (b'{"prompt": "ok", "\\udc00": 1}', None, ["a key holds a lone UTF-16 surrogate"]),
+        (b'{"prompt": "x", "stop": ["a", "b"], "stop": "c"}', None, ["key 'stop' appears more than once"]),
+        (b'{"prompt": "x", "top_p": -1e999}', "top_p", ["finite number"]),
+        (b'{"prompt": "x", "temperature": Infinity}', "temperature", ["finite number"]),
+        (b'{"prompt": "x", "seed": 1' + b"0" * 5000 + b"}", None, ["4300 digits"]),
+        (b'{"prompt": "\xc3\x28"}', None, ["not valid UTF-8 (byte 12)"]),
+        (b"\xef\xbb\xbf{}", None, ["not valid JSON"]),
+    ],
+)
+def test_raw_bodies_are_refused_by_class_naming_the_path(raw, param, words):
+    """``parse_json``: what json.loads accepts but no field could mean (or what makes it raise something
+    other than JSONDecodeError) is a 400 naming where it is, before the fields are read."""
+    with pytest.raises(APIError) as err:
+        parse_json(raw)
+    e = err.value
+    assert (e.status, e.param) == (400, param) and all(w in e.message for w in words), e.message
+
+
+def test_weights_that_overflow_when_summed_are_relative_weights():
+    for weights, mu in [
+        ([1e308, 1e308], (0.5, 0.5)),
+        ([1.7e308, 0], (1.0, 0.0)),
+        ([5e-324, 5e-324], (0.5, 0.5)),
+    ]:
+        assert (
+            parse_request({"prompt": "x", "preference": weights}, "completion", INFO).preference.weights == mu
+        )
+    # escaped non-ASCII text and a surrogate *pair* are valid Unicode
+    assert parse_json(rb'{"prompt": "caf\u00e9 \ud83d\ude00"}')["prompt"] == "caf\u00e9 \U0001f600"
 
 
 def test_defaults_and_greedy():

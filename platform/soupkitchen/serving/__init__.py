@@ -22,6 +22,7 @@ from soupkitchen.serving.protocol import (
     CompletionBody,
     GenerationRequest,
     SoupInfo,
+    parse_json,
     parse_preference,
     parse_request,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "SoupEngine",
     "SoupInfo",
     "TextStream",
+    "parse_json",
     "parse_preference",
     "parse_request",
 ]

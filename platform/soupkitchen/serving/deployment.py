@@ -19,7 +19,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import time
 
 from fastapi import FastAPI, Request
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException
 from soupkitchen.serving.engine import Job, SoupEngine
 from soupkitchen.serving.metrics import EndpointMetrics
 from soupkitchen.serving.options import ServeOptions
-from soupkitchen.serving.protocol import APIError, GenerationRequest, parse_request
+from soupkitchen.serving.protocol import APIError, GenerationRequest, parse_json, parse_request
 from soupkitchen.serving.responses import chunk, response, usage
 from soupkitchen.serving.scheduler import Scheduler
 
@@ -157,7 +156,7 @@ class OpenAIIngress:
         self.model = model
         self.streamer = model.options(stream=True)
         self.metrics = EndpointMetrics()
-        self.api_key = os.environ.get(options.api_key_env) or None
+        self.api_keys = options.read_api_keys()
         self._info = None
 
     async def info(self):
@@ -166,10 +165,14 @@ class OpenAIIngress:
         return self._info
 
     def _auth(self, request: Request) -> None:
-        if self.api_key is None:
+        if not self.api_keys:
             return
         given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), self.api_key)):
+        # header values arrive latin-1 decoded: compare bytes (any header is comparable), every key each
+        # time, so neither a key's content nor which key matched shows in the timing
+        token = given[7:].strip().encode("latin-1") if given.startswith("Bearer ") else b""
+        matched = [hmac.compare_digest(token, k) for k in self.api_keys]
+        if not any(matched):
             raise APIError(
                 401,
                 "missing or invalid API key: send 'Authorization: Bearer <key>'",
@@ -194,7 +197,8 @@ class OpenAIIngress:
         )
 
     async def _body(self, request: Request):
-        """The JSON body within ``max_body_bytes`` (its fields are checked by ``parse_request``)."""
+        """The JSON body within ``max_body_bytes``, well-formed (``parse_json``; its fields are checked by
+        ``parse_request``)."""
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -202,10 +206,7 @@ class OpenAIIngress:
         raw = await request.body()
         if len(raw) > limit:
             raise APIError(413, f"request body is {len(raw)} bytes; the limit is {limit}", None)
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the body is not valid JSON: {e}", None) from e
+        return parse_json(raw)
 
     @api.get("/healthz")
     async def healthz(self):

@@ -11,6 +11,7 @@ that one object to both deployments, whose replicas receive it unpickled, not pa
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -27,14 +28,15 @@ class ServeOptions(Schema):
     served model id (default: derived from ``soup``). Limits: ``max_tokens_limit`` per request,
     ``context_length`` (0: the model's), ``max_body_bytes``, ``request_timeout_s``, ``max_gamma`` /
     ``max_alpha``. ``api_key_env``: if that environment variable is set, requests need ``Authorization:
-    Bearer <its value>``. Batching (``serving.scheduler``): ``continuous`` (requests join and leave the
-    running batch between decode steps) or ``static``, within ``max_batch_rows`` forward rows,
-    ``max_batch_tokens`` reserved KV positions and ``max_prefill_tokens`` per step; an idle replica waits
-    ``batch_wait_timeout_s`` for a burst to gather. Back-pressure: beyond ``max_ongoing_requests`` per
-    replica, up to ``max_queued_requests`` wait in Ray Serve's queue; more are answered 503. Replicas:
-    ``num_cpus`` / ``num_gpus`` each, autoscaled between
-    ``min_replicas`` and ``max_replicas`` on ``target_ongoing_requests`` per replica (Ray Serve's
-    ``autoscaling_config``: averaged over ``look_back_period_s``, reported every ``metrics_interval_s``).
+    Bearer <its value>``; ``api_key_file``: a file of keys, one per line (``#`` comments), any of which is
+    accepted (both may be set; ``read_api_keys``). Batching (``serving.scheduler``): ``continuous``
+    (requests join and leave the running batch between decode steps) or ``static``, within
+    ``max_batch_rows`` forward rows, ``max_batch_tokens`` reserved KV positions and ``max_prefill_tokens``
+    per step; an idle replica waits ``batch_wait_timeout_s`` for a burst to gather. Back-pressure: beyond
+    ``max_ongoing_requests`` per replica, up to ``max_queued_requests`` wait in Ray Serve's queue; more are
+    answered 503. Replicas: ``num_cpus`` / ``num_gpus`` each, autoscaled between ``min_replicas`` and
+    ``max_replicas`` on ``target_ongoing_requests`` per replica (Ray Serve's ``autoscaling_config``: averaged
+    over ``look_back_period_s``, reported every ``metrics_interval_s``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -51,6 +53,7 @@ class ServeOptions(Schema):
     max_gamma: float = Field(10.0, ge=0.0)
     max_alpha: float = Field(1.0, ge=0.0)
     api_key_env: str = "SOUPKITCHEN_API_KEY"
+    api_key_file: str | None = None  # several keys (rotation, one per client), e.g. a mounted k8s secret
     batching: Literal["continuous", "static"] = "continuous"  # static: the old run-to-the-longest batches
     max_batch_rows: int = Field(32, ge=1)  # forward rows per decode step (a MOD request at n = 2 is 2)
     max_batch_tokens: int = Field(65536, ge=1)  # Σ (prompt + max_tokens) × rows admitted: bounds the KV cache
@@ -85,7 +88,17 @@ class ServeOptions(Schema):
             raise ConfigError("default_max_tokens", "must be <= args.max_tokens_limit")
         if self.max_replicas < max(self.min_replicas, 1):
             raise ConfigError("max_replicas", "must be >= args.min_replicas and >= 1")
+        if self.api_key_file is not None:
+            read_key_file(self.api_key_file, "api_key_file")  # named args.api_key_file by __init__
         return self
+
+    def read_api_keys(self) -> tuple[bytes, ...]:
+        """The accepted keys (empty: no auth): ``api_key_env``'s value and ``api_key_file``'s lines, as
+        bytes for ``hmac.compare_digest``. Read where the ingress runs; never logged."""
+        keys = [os.environ.get(self.api_key_env, "").strip()]
+        if self.api_key_file is not None:
+            keys += read_key_file(self.api_key_file)
+        return tuple(k.encode() for k in keys if k)
 
     @classmethod
     def from_args(cls, args: dict | None) -> ServeOptions:
@@ -105,3 +118,18 @@ class ServeOptions(Schema):
             return self.model_name
         name = self.soup.rstrip("/").rsplit("/", 1)[-1]
         return name.split("@", 1)[0] or "soup"
+
+
+def read_key_file(path: str, field: str = "args.api_key_file") -> list[str]:
+    """The keys in ``path``: one per line, blank lines and ``#`` comments skipped; ConfigError naming
+    ``field`` (never a key) when it cannot be read, holds none or a key that is not printable ASCII."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(field, f"cannot read {path!r}: {type(e).__name__}") from None
+    keys = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not keys:
+        raise ConfigError(field, f"{path!r} holds no key (one per line, '#' comments)")
+    if bad := [i + 1 for i, k in enumerate(keys) if not k.isascii() or not k.isprintable() or " " in k]:
+        raise ConfigError(field, f"key {bad[0]} of {path!r} is not printable ASCII without spaces")
+    return keys

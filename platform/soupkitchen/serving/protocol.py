@@ -1,6 +1,7 @@
 """The HTTP protocol, requests: OpenAI-compatible bodies in (pydantic models), a validated
 ``GenerationRequest`` out, errors in OpenAI's shape. Responses and stream chunks: ``serving.responses``.
 
+    body = parse_json(raw)                        # bytes -> JSON value; APIError(400) naming the path
     req = parse_request(body, "chat", info)      # raises APIError(400, message, param) on bad input
 
 ``CompletionBody`` / ``ChatBody`` are the bodies' schemas. What a field allows may depend on the soup
@@ -29,6 +30,7 @@ with a 400 naming them rather than silently ignored; other fields (``user``, ``m
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import time
 import uuid
@@ -217,9 +219,11 @@ def _preference(value: Any, objectives: list[str]) -> Preference:
         if x < 0:
             raise _fail(f"the weight for {o!r} is {x}; weights must be >= 0")
         w.append(float(x))
-    total = sum(w)
-    if total <= 0:
+    top = max(w)
+    if top <= 0:
         raise _fail("the weights are all 0; give at least one positive weight")
+    w = [x / top for x in w]  # relative weights: [1e308, 1e308] is [1, 1], whose sum does not overflow
+    total = sum(w)
     return Preference(tuple(x / total for x in w))
 
 
@@ -249,8 +253,10 @@ class ChatMessage(BaseModel):
     def _text_parts(cls, v):
         if isinstance(v, list):
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in v):
-                raise _fail("only text parts are supported")
-            return "".join(str(p.get("text", "")) for p in v)
+                raise _fail('only text parts are supported: [{"type": "text", "text": "..."}]')
+            if not all(isinstance(p.get("text"), str) for p in v):
+                raise _fail('each text part needs "text": a string')
+            return "".join(p["text"] for p in v)
         return v
 
 
@@ -396,6 +402,84 @@ class ChatBody(_Body):
 
 
 BODIES: dict[str, type[_Body]] = {"completion": CompletionBody, "chat": ChatBody}
+
+
+# ------------------------------------------------------------------------------------------ raw bodies
+
+MAX_DEPTH = 32  # the deepest body field (messages[i].content[j].text) is 5 levels down
+
+
+class _Keys(dict):
+    """A JSON object as parsed, remembering the keys it had twice (the last one wins in ``json``)."""
+
+    repeated: tuple = ()
+
+
+def _object_pairs(pairs: list) -> dict:
+    out = _Keys(pairs)
+    if len(out) < len(pairs):
+        seen: set = set()
+        out.repeated = tuple(k for k, _ in pairs if k in seen or seen.add(k))
+    return out
+
+
+def _bad_text(s: str) -> int:
+    """The index of the first lone UTF-16 surrogate in ``s`` (text no tokenizer can encode), else -1."""
+    try:
+        s.encode("utf-8")
+        return -1
+    except UnicodeEncodeError as e:
+        return e.start
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as a JSON value, or APIError(400) naming where it is broken, before any field is read.
+
+    Refused, each by its class rather than by case: bytes that are not UTF-8; text that is not JSON; nesting
+    deeper than ``MAX_DEPTH`` (the parser's own recursion limit included); NaN, Infinity and numbers beyond
+    a double's range (``1e400``), which are not JSON numbers; an object with a repeated key (its value would
+    be ambiguous); strings or keys holding a lone UTF-16 surrogate (``"\\ud800"``: valid JSON, but not
+    Unicode text, so no tokenizer can encode it). The value is walked iteratively, so no depth can overflow
+    a Python stack here.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise APIError(
+            400, f"the body is not valid UTF-8 (byte {e.start}): send UTF-8 encoded JSON", None
+        ) from None
+    try:
+        value = json.loads(text, object_pairs_hook=_object_pairs)
+    except ValueError as e:  # JSONDecodeError, or an integer of over 4300 digits
+        raise APIError(400, f"the body is not valid JSON: {e}", None) from None
+    except RecursionError:
+        raise APIError(400, f"the body is nested too deeply: at most {MAX_DEPTH} levels", None) from None
+    stack: list[tuple[Any, tuple, int]] = [(value, (), 0)]
+    while stack:
+        v, loc, depth = stack.pop()
+        where = _param(loc)
+        at = f"{where}: " if where else "the body: "
+        if depth > MAX_DEPTH:  # named by its field, not by a path of MAX_DEPTH indices
+            field = _param(loc[:1])
+            raise APIError(400, f"{field}: nested more than {MAX_DEPTH} levels deep", field)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise APIError(
+                400, f"{at}must be a finite number (NaN, Infinity and 1e400 are not JSON numbers)", where
+            )
+        if isinstance(v, str) and (i := _bad_text(v)) >= 0:
+            raise APIError(
+                400, f"{at}holds a lone UTF-16 surrogate at character {i}: send valid Unicode text", where
+            )
+        if isinstance(v, dict):
+            if repeated := getattr(v, "repeated", ()):
+                raise APIError(400, f"{at}key {_show(repeated[0])} appears more than once", where)
+            for k, x in v.items():
+                if (i := _bad_text(k)) >= 0:
+                    raise APIError(400, f"{at}a key holds a lone UTF-16 surrogate at character {i}", where)
+                stack.append((x, (*loc, k), depth + 1))
+        elif isinstance(v, list):
+            stack.extend((x, (*loc, i), depth + 1) for i, x in enumerate(v))
+    return value
 
 
 # --------------------------------------------------------------------------------------------- errors
