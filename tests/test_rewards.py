@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import typing
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -303,6 +304,31 @@ def test_hf_output_index_errors(tiny_rms):
         reward("hf_classifier", model=tiny_rms["bert"])
     with pytest.raises(ConfigError, match=r"rewards\.0\.params\.output_index.*num_labels=1"):
         reward("hf_classifier", model=tiny_rms["gpt2"], output_index=1)
+
+
+def test_hf_pickle_weights_need_the_explicit_opt_in(tiny_rms, tmp_path):
+    """A checkpoint with only pickle weights (pytorch_model.bin) is refused by default, naming the key that
+    allows it; with the key it loads and scores exactly as the safetensors copy of the same weights."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    pickled = tmp_path / "bert-bin"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_rms["bert"])
+    model.save_pretrained(pickled)  # config + safetensors; the weights then go to a pickle instead
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    for f in pickled.glob("*.safetensors"):
+        f.unlink()
+    for f in Path(tiny_rms["bert"]).iterdir():
+        if "token" in f.name or f.name == "vocab.txt":
+            shutil.copy(f, pickled / f.name)
+    assert (pickled / "pytorch_model.bin").exists() and not list(pickled.glob("*.safetensors"))
+    with pytest.raises(ConfigError, match=r"rewards\.0\.params\.allow_pickle_weights: true"):
+        reward("hf_classifier", model=str(pickled), output_index=1)
+    opted = reward("hf_classifier", model=str(pickled), output_index=1, allow_pickle_weights=True)
+    safe = reward("hf_classifier", model=tiny_rms["bert"], output_index=1)
+    assert opted.score(PROMPTS[:2], RESPONSES[:2]) == pytest.approx(safe.score(PROMPTS[:2], RESPONSES[:2]))
 
 
 def test_hf_unloadable_model_is_config_error(tmp_path):

@@ -38,8 +38,9 @@ class HFClassifierParams(Schema):
     ``preset``: a name from ``presets.PRESETS`` (or an alias such as ``helpful``); keys set next to it
     override the preset's. ``tokenizer``: a different tokenizer id/path (default: ``model``'s).
     ``prompt_extract``: regex with one group cutting the context out of the prompt (no match → whole prompt).
-    ``use_safetensors``: None → transformers' default (safetensors, else a ``.bin`` read with
-    ``weights_only``); true → safetensors only.
+    ``allow_pickle_weights``: false (default) → safetensors weights only; true → also a pickle-based
+    ``.bin`` checkpoint (read with ``weights_only``, but a pickle still runs code on load: opt in only for a
+    checkpoint you trust).
     """
 
     preset: str | None = None
@@ -56,7 +57,7 @@ class HFClassifierParams(Schema):
     trust_remote_code: bool = False
     round_decimals: int | None = Field(None, ge=0, le=12)
     revision: str | None = None
-    use_safetensors: bool | None = None
+    allow_pickle_weights: bool = False  # .bin/.pt weights are pickles; safetensors cannot run code
 
     @model_validator(mode="after")
     def _format(self):
@@ -179,7 +180,8 @@ class HFClassifierReward(BaseReward):
 
         dev = resolve_device(params.device, device)
         common = {"revision": params.revision, "trust_remote_code": params.trust_remote_code}
-        weights = {"use_safetensors": params.use_safetensors}
+        # safetensors only, unless pickles are allowed: then transformers' order (safetensors, else .bin)
+        weights = {"use_safetensors": None if params.allow_pickle_weights else True}
         try:
             tok = AutoTokenizer.from_pretrained(params.tokenizer or params.model, **common)
         except (OSError, ValueError) as e:
@@ -192,8 +194,14 @@ class HFClassifierReward(BaseReward):
                 params.model, dtype=_dtype(params.dtype), **common, **weights
             )
         except (OSError, ValueError) as e:
+            hint = (
+                ""
+                if params.allow_pickle_weights
+                else f" (only safetensors weights are read; if this checkpoint ships only pickle .bin weights"
+                f" and you trust it, set {path}.allow_pickle_weights: true)"
+            )
             raise ConfigError(
-                f"{path}.model", f"cannot load sequence-classification model {params.model!r}: {e}"
+                f"{path}.model", f"cannot load sequence-classification model {params.model!r}: {e}{hint}"
             ) from e
         if tok.pad_token is None:
             if tok.eos_token is None:
