@@ -98,6 +98,39 @@ def test_rayjob_targets_the_raycluster_and_runs_an_existing_job_with_every_depen
     ServeOptions.from_args(local["args"])
 
 
+def _containers(doc) -> list[dict]:
+    if isinstance(doc, dict):
+        here = doc.get("containers", [])
+        return list(here) + [c for k, v in doc.items() if k != "containers" for c in _containers(v)]
+    if isinstance(doc, list):
+        return [c for v in doc for c in _containers(v)]
+    return []
+
+
+def test_ray_token_auth_reaches_every_node_and_the_submitter():
+    """KubeRay: every container (head, every worker group, the RayJob submitter) runs with
+    RAY_AUTH_MODE=token and the one token from the same secret; `ray up`: the head and the workers start
+    with RAY_AUTH_MODE=token and get the same token file."""
+    for name, path in K8S.items():
+        containers = _containers(yaml.safe_load(path.read_text()))
+        assert containers, name
+        for c in containers:
+            env = {e["name"]: e for e in c.get("env", [])}
+            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{name}: {c['name']}"
+            ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "soupkitchen-ray-token", "key": "auth_token"}, f"{name}: {c['name']}"
+    up = yaml.safe_load((INFRA / "ray-up.yaml").read_text())
+    assert up["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = [c for c in up[key] if "ray start" in c]
+        assert start and all("RAY_AUTH_MODE=token" in c for c in start), key
+    serve_env = [
+        e for c in _containers(yaml.safe_load(K8S["rayservice-serve.yaml"].read_text())) for e in c["env"]
+    ]
+    keys = [e for e in serve_env if e["name"] == "SOUPKITCHEN_API_KEY"]
+    assert keys and all("value" not in e and e["valueFrom"]["secretKeyRef"]["name"] for e in keys)
+
+
 def test_services_config_and_tracking_uri_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"s3_port: .*1024\.\.65535.*--s3-port"):
         ServicesConfig(tmp_path, s3_port=80).validate()
