@@ -174,9 +174,9 @@ def test_latest_checkpoint_picks_the_newest_complete_one(tmp_path):
     for name, position, ranks in (("a", 5, True), ("b", 15, False), ("c", 10, True)):
         d = tmp_path / f"checkpoint_{name}"
         d.mkdir()
-        (d / "state.json").write_text(json.dumps({"data_position": position}))
+        (d / "state.json").write_text(json.dumps({"data_position": position, "files": {}}))
         if ranks:
-            (d / "state-rank1.json").write_text("{}")
+            (d / "state-rank1.json").write_text('{"files": {}}')
     (tmp_path / "checkpoint_d").mkdir()  # state.json never written: incomplete
     (tmp_path / "checkpoint_e").mkdir()
     (tmp_path / "checkpoint_e" / "state.json").write_text("{trunc")
@@ -184,6 +184,32 @@ def test_latest_checkpoint_picks_the_newest_complete_one(tmp_path):
     assert latest_checkpoint(str(tmp_path), world_size=2) == tmp_path / "checkpoint_c"  # b lacks rank 1
     assert latest_checkpoint(str(tmp_path / "none"), 1) is None
     assert latest_checkpoint("s3://bucket/run", 1) is None
+
+
+def test_a_corrupt_or_truncated_checkpoint_is_refused_for_the_previous_complete_one(tmp_path):
+    """Resume never loads a checkpoint whose files differ from their recorded sha256 (truncated, altered,
+    missing): ``latest_checkpoint`` skips it, and given the refused one it picks the newest older one."""
+    from soupkitchen.checkpoint import checkpoint_problem
+    from soupkitchen.training.worker import latest_checkpoint
+
+    recipe = load_recipe("tiny", {"ppo.steps": 2})
+    weights = backbone_specs(recipe)[0].weights
+    trainer, _ = train_tiny(recipe, weights, 1)
+    old, new = tmp_path / "checkpoint_000001", tmp_path / "checkpoint_000002"
+    save_checkpoint(trainer, old, {"data_position": 1})
+    trainer, _ = train_tiny(recipe, weights, 2, trainer)
+    save_checkpoint(trainer, new, {"data_position": 2})
+    assert checkpoint_problem(new) is None and latest_checkpoint(str(tmp_path), 1) == new
+    blob = (new / "trainable.safetensors").read_bytes()
+    (new / "trainable.safetensors").write_bytes(blob[: len(blob) // 2])  # truncated by a full disk
+    assert "trainable.safetensors corrupt" in checkpoint_problem(new)
+    assert latest_checkpoint(str(tmp_path), 1) == old
+    assert latest_checkpoint(str(tmp_path), 1, refuse=new) == old
+    assert latest_checkpoint(str(tmp_path), 1, refuse=old) is None  # nothing older: start from step 0
+    (new / "trainable.safetensors").unlink()
+    assert checkpoint_problem(new) == "trainable.safetensors missing"
+    assert checkpoint_problem(old, world_size=2) == "state-rank1.json unreadable (FileNotFoundError)"
+    assert build_trainer(recipe, weights, restore=latest_checkpoint(str(tmp_path), 1)).global_step == 1
 
 
 def test_scalarisation_weights_must_sum_to_one():

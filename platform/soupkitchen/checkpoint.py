@@ -97,6 +97,24 @@ def _verified(path: Path, expected: str) -> Path:
     return path
 
 
+def checkpoint_problem(directory: str | os.PathLike, world_size: int = 1) -> str | None:
+    """Why ``directory`` is not a complete checkpoint for ``world_size`` ranks (a state file missing or
+    unreadable, a file missing, truncated or altered: its sha256 differs from the one recorded), or None."""
+    directory = Path(directory)
+    for r in range(world_size):
+        name = "state.json" if r == 0 else f"state-rank{r}.json"
+        try:
+            files = json.loads((directory / name).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"{name} unreadable ({type(e).__name__})"
+        for f, digest in files.items():
+            if not (directory / f).is_file():
+                return f"{f} missing"
+            if sha256_of(directory / f) != digest:
+                return f"{f} corrupt (sha256 differs from {name}'s)"
+    return None
+
+
 def load_training_checkpoint(directory: str | os.PathLike, rank: int = 0):
     """→ (trainable tensors, this rank's optimiser (tensors, meta) or None, state); verifies every sha256."""
     directory = Path(directory)

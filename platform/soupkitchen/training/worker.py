@@ -22,7 +22,7 @@ import numpy as np
 import ray.train
 import torch
 
-from soupkitchen.checkpoint import load_training_checkpoint, save_training_checkpoint
+from soupkitchen.checkpoint import checkpoint_problem, load_training_checkpoint, save_training_checkpoint
 from soupkitchen.config import ConfigError, Recipe
 from soupkitchen.data import load_prompt_records
 from soupkitchen.hoe.routers import RouterJob, router_policy
@@ -206,6 +206,11 @@ def train_loop_per_worker(config: dict) -> None:
             say(f"[{spec.name}] no registered checkpoint; resuming from {found}")
         restore = ray.train.Checkpoint.from_directory(str(found))
     with restore.as_directory() if restore else contextlib.nullcontext() as ckpt_dir:
+        if ckpt_dir is not None and (why := checkpoint_problem(ckpt_dir, world)):
+            # truncated or altered on disk: never load it; the newest complete one before it, or the start
+            ckpt_dir = latest_checkpoint(config.get("checkpoint_root"), world, refuse=Path(ckpt_dir))
+            if rank == 0:
+                say(f"[{spec.name}] checkpoint refused: {why}; resuming from {ckpt_dir or 'step 0'}")
         trainer = build_trainer(
             recipe,
             spec.weights,
@@ -315,18 +320,31 @@ def progress_line(name: str, stats: dict, recipe: Recipe) -> str:
     )
 
 
-def latest_checkpoint(root: str | None, world_size: int) -> Path | None:
+def latest_checkpoint(root: str | None, world_size: int, refuse: Path | None = None) -> Path | None:
     """The newest complete checkpoint in a local run directory (``checkpoint_*/state.json``, which is written
-    last, and every rank's state file), or None. Remote (``s3://``) roots are left to Ray Train."""
+    last, every rank's state file, every file's sha256 as recorded: ``checkpoint_problem``), other than
+    ``refuse`` (and, when given, older than it), or None. Remote (``s3://``) roots are left to Ray Train."""
     if not root or "://" in root:
         return None
-    best: tuple[int, Path] | None = None
+    found: list[tuple[int, Path]] = []
     for state in Path(root).glob("checkpoint_*/state.json"):
         try:
-            position = int(json.loads(state.read_text())["data_position"])
+            found.append((int(json.loads(state.read_text())["data_position"]), state.parent))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # partial or foreign file: never resume from it
-        ranks_done = all((state.parent / f"state-rank{r}.json").is_file() for r in range(1, world_size))
-        if ranks_done and (best is None or position > best[0]):
-            best = (position, state.parent)
-    return best[1] if best else None
+    limit = _position(refuse) if refuse is not None else None
+    for position, path in sorted(found, key=lambda x: x[0], reverse=True):
+        newer = limit is not None and position >= limit
+        if refuse is not None and (newer or path.resolve() == refuse.resolve()):
+            continue
+        if checkpoint_problem(path, world_size) is None:
+            return path
+    return None
+
+
+def _position(directory: Path) -> int | None:
+    """The data position a checkpoint records, or None when its state is unreadable (then any older one)."""
+    try:
+        return int(json.loads((directory / "state.json").read_text())["data_position"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
