@@ -257,6 +257,24 @@ class _CountingValidator:
         return getattr(self.inner, name)
 
 
+def test_api_keys_from_the_environment_and_a_key_file(monkeypatch, tmp_path):
+    """api_key_file is read when the options are built (a bad file is refused naming the arg, never
+    echoing a key); the ingress accepts the environment's key and every key in the file."""
+    monkeypatch.setenv("SK_TEST_KEY", "sk-env")
+    keys = tmp_path / "keys"
+    keys.write_text("# clients\nsk-a\n\n  sk-b  \n")
+    opts = ServeOptions(soup="x", api_key_env="SK_TEST_KEY", api_key_file=str(keys))
+    assert opts.read_api_keys() == (b"sk-env", b"sk-a", b"sk-b")
+    monkeypatch.delenv("SK_TEST_KEY")
+    assert ServeOptions(soup="x", api_key_env="SK_TEST_KEY").read_api_keys() == ()  # no key: no auth
+    for text, words in [(None, "cannot read"), ("# none\n", "holds no key"), ("sk-é secret\n", "key 1")]:
+        if text is not None:
+            keys.write_text(text)
+        with pytest.raises(ConfigError, match=f"args.api_key_file: .*{words}") as err:
+            ServeOptions(soup="x", api_key_file=str(keys if text is not None else tmp_path / "missing"))
+        assert "secret" not in str(err.value)
+
+
 def test_serve_options_are_parsed_once_and_bound_to_both_deployments(monkeypatch):
     """``serve.app:app`` parses the args once; both deployments are bound to that one object, and what a
     replica receives (the pickled object) is not parsed again."""
