@@ -9,6 +9,8 @@ ends, a client that disconnects frees its row, and a burst beyond the queue is a
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -328,6 +330,57 @@ def test_a_burst_beyond_the_queue_gets_503_and_the_server_keeps_answering(endpoi
     texts = {r.json()["choices"][0]["text"] for r in answers if r.status_code == 200}
     assert len(texts) == 1  # the same greedy request, whichever batch it joined
     assert post("/v1/completions", good()).status_code == 200
+
+
+def _model_replica_pids(ray_head) -> list[int]:
+    """The PIDs of the live SoupModel replica actors (``ray list actors``, the head's state API)."""
+    exe = Path(sys.executable).with_name("ray")
+    out = subprocess.run(
+        [str(exe), "list", "actors", "--address", ray_head["address"], "--format", "json", "--limit", "1000"],
+        env=ray_head["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    actors = json.loads(out.stdout)
+    return [int(a["pid"]) for a in actors if a["state"] == "ALIVE" and a["class_name"].endswith("SoupModel")]
+
+
+def test_a_killed_model_replica_fails_its_requests_cleanly_and_is_replaced(endpoint, ray_head):
+    """SIGKILL of the model replica's process while requests decode: each in-flight request ends with one
+    answer (a 503 ``replica_failed`` with Retry-After in OpenAI's shape, a stream's error event, or its
+    completion if it beat the kill), none hangs; Serve starts a new replica and new requests succeed."""
+    (pid,) = _model_replica_pids(ray_head)
+    streamed: list = []
+    body = good(prompt="killed mid-stream", max_tokens=100)
+    with ThreadPoolExecutor(8) as pool:
+        stream = pool.submit(_stream_events, body, streamed)
+        plain = [pool.submit(post, "/v1/completions", good(prompt=f"k{i}", max_tokens=100)) for i in range(6)]
+        _until(lambda: len(streamed) >= 2)  # decoding now
+        os.kill(pid, signal.SIGKILL)
+        answers = [f.result(timeout=90) for f in plain]
+        stream.result(timeout=90)
+    for r in answers:  # in flight when the process died: 503 replica_failed (retry), never a hang
+        assert r.status_code == 200 or (r.status_code, r.json()["error"]["code"]) == (503, "replica_failed")
+        assert r.status_code == 200 or r.headers["Retry-After"], r.text
+    assert streamed[-1] == "[DONE]" or streamed[-1]["error"]["code"] == "replica_failed", streamed[-3:]
+    deadline = time.time() + 180
+    while post("/v1/completions", good()).status_code != 200:
+        assert time.time() < deadline, "no replica came back"
+        time.sleep(2)
+    assert _model_replica_pids(ray_head) not in ([], [pid])
+
+
+def _stream_events(body: dict, events: list) -> None:
+    """Read an SSE completion to its end, appending each event's JSON (or "[DONE]")."""
+    with requests.post(
+        f"{URL}/v1/completions", json={**body, "stream": True}, headers=AUTH, stream=True, timeout=120
+    ) as r:
+        assert r.status_code == 200, r.text
+        for line in r.iter_lines():
+            if line.startswith(b"data: "):
+                events.append("[DONE]" if line == b"data: [DONE]" else json.loads(line[6:]))
 
 
 def test_api_keys_never_reach_logs_errors_or_metrics(endpoint, ray_head):

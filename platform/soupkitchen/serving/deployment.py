@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 
@@ -191,6 +192,15 @@ class OpenAIIngress:
             "overloaded",
         )
 
+    def _replica_lost(self) -> APIError:
+        return APIError(
+            503,
+            "the model replica decoding this request stopped; it is being replaced: retry",
+            None,
+            "server_error",
+            "replica_failed",
+        )
+
     def _timed_out(self) -> APIError:
         return APIError(
             504, f"no response within {self.options.request_timeout_s:g} s", None, "timeout_error"
@@ -268,8 +278,8 @@ class OpenAIIngress:
                 out["experts"],
             )
             return JSONResponse(body)
-        except BackPressureError as e:  # any call to the model deployment (info too) when its queue is full
-            err = self._overloaded(e)
+        except (BackPressureError, RayActorError) as e:  # queue full (info too), or the replica died
+            err = self._overloaded(e) if isinstance(e, BackPressureError) else self._replica_lost()
             status, err_type = err.status, err.type
             return JSONResponse(err.body(), status_code=err.status, headers={"Retry-After": "1"})
         except APIError as e:
@@ -328,9 +338,9 @@ class OpenAIIngress:
             except APIError as e:
                 status, err_type, ended = e.status, e.type, True
                 yield f"data: {json.dumps(e.body())}\n\n"
-            except TimeoutError:
+            except (TimeoutError, RayActorError) as e:
                 gen.cancel()
-                err = self._timed_out()
+                err = self._timed_out() if isinstance(e, TimeoutError) else self._replica_lost()
                 status, err_type = err.status, err.type
                 yield f"data: {json.dumps(err.body())}\n\n"
             except Exception:  # noqa: BLE001
