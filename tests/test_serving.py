@@ -98,6 +98,10 @@ def test_preference_lists_and_mappings_are_normalised():
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", 400),
         ({"prompt": "x", "seed": "s"}, "seed", 400),
         ({"prompt": "x", "model": "gpt-4"}, "model", 404),
+        ({"prompt": [1, 2, 3]}, "prompt", 400),
+        ({"prompt": [[1, 2, 3]]}, "prompt", 400),
+        ({"prompt": ["a", "b"]}, "prompt", 400),
+        ({"prompt": True}, "prompt", 400),
     ],
 )
 def test_bad_completion_bodies_name_the_field(body, param, status):
@@ -167,6 +171,20 @@ def test_weights_that_overflow_when_summed_are_relative_weights():
         )
     # escaped non-ASCII text and a surrogate *pair* are valid Unicode
     assert parse_json(rb'{"prompt": "caf\u00e9 \ud83d\ude00"}')["prompt"] == "caf\u00e9 \U0001f600"
+
+
+def test_prompt_forms_openai_clients_send():
+    """One string (or a list of one) works; a token-id list or several prompts get a 400 that says why."""
+    assert parse_request({"prompt": ["hi"]}, "completion", INFO).prompt == "hi"
+    for prompt, words in [([5, 6], "token-id prompts"), ([[5, 6]], "token-id"), (["a", "b"], "2 prompts")]:
+        with pytest.raises(APIError, match=words):
+            parse_request({"prompt": prompt}, "completion", INFO)
+    chat = [
+        {"role": "system", "content": "be calm"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+    ]
+    req = parse_request({"messages": chat, "stop": "\n", "user": "u1", "metadata": {}}, "chat", INFO)
+    assert req.messages[1]["content"] == "hi" and req.stop == ("\n",)
 
 
 def test_defaults_and_greedy():
