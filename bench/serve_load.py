@@ -46,39 +46,13 @@ import numpy as np
 import ray
 import requests
 from ray import serve
-from safetensors.torch import save_file
 
-from soupkitchen.benchmarks import format_ratio, paired_ratio, random_adapters
-from soupkitchen.config import load_recipe
-from soupkitchen.merging import write_bundle
+from soupkitchen.benchmarks import format_ratio, paired_ratio, random_soup
 from soupkitchen.methods import Mode
 from soupkitchen.serving import ServeOptions
 from soupkitchen.serving.builder import build_app
 
 ROOT = Path(__file__).resolve().parents[1]  # the replicas' working_dir
-
-
-def random_soup(recipe_name: str, n: int, out: Path) -> Path:
-    """A Bone Soup bundle of n random LoRA adapters over the recipe's W0 (β = recipe's soup.beta)."""
-    recipe = load_recipe(recipe_name)
-    files = []
-    for i, state in enumerate(random_adapters(recipe, n, "cpu")):
-        files.append((f"backbone-{i}", out / f"random-{i}.safetensors"))
-        save_file({k: v.contiguous() for k, v in state.items()}, str(files[-1][1]))
-    objectives = recipe.objectives[:n]
-    write_bundle(
-        out / "bundle",
-        recipe.model,
-        files,
-        beta=recipe.soup.beta,
-        alpha=0.0,
-        objectives=objectives,
-        normalization={o: {"mean": 0.0, "std": 1.0} for o in objectives},
-        ref_point=[0.0] * n,
-        lora_config=recipe.lora,
-        overwrite=True,
-    )
-    return out / "bundle"
 
 
 class ReplicaWatch(threading.Thread):

@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from peft import get_peft_model_state_dict
+from safetensors.torch import save_file
 
 from soupkitchen.bootstrap import percentile_interval
 from soupkitchen.config import Recipe, load_recipe, parse_cli_overrides
+from soupkitchen.merging import write_bundle
 from soupkitchen.models import attach_lora, load_base_model, resolve_device
 
 
@@ -31,6 +34,30 @@ def random_adapters(recipe: Recipe, n: int, device: str) -> list[dict[str, torch
                     p.normal_(0, 0.02)
         out.append({k: v.detach().clone() for k, v in get_peft_model_state_dict(peft).items()})
     return out
+
+
+def random_soup(recipe_name: str, n: int, out: Path) -> Path:
+    """A Bone Soup bundle of n random LoRA adapters over the recipe's W0 (β = recipe's soup.beta), written
+    under ``out``: what the serving benches deploy when no trained bundle is given."""
+    recipe = load_recipe(recipe_name)
+    files = []
+    for i, state in enumerate(random_adapters(recipe, n, "cpu")):
+        files.append((f"backbone-{i}", out / f"random-{i}.safetensors"))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(files[-1][1]))
+    objectives = recipe.objectives[:n]
+    write_bundle(
+        out / "bundle",
+        recipe.model,
+        files,
+        beta=recipe.soup.beta,
+        alpha=0.0,
+        objectives=objectives,
+        normalization={o: {"mean": 0.0, "std": 1.0} for o in objectives},
+        ref_point=[0.0] * n,
+        lora_config=recipe.lora,
+        overwrite=True,
+    )
+    return out / "bundle"
 
 
 def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:

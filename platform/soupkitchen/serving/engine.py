@@ -19,6 +19,7 @@ mode, γ or α again.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,10 @@ class SoupEngine:
         self.device = resolve_device(options.device)
         self.bundle = load_bundle(fetch(options.soup))
         base, self.tokenizer = self.bundle.load_base_model(device=self.device)
+        # ``prepare`` runs on the replica's request thread while the decode thread pads batches: a fast
+        # tokenizer's padding/truncation state is shared mutable state (one call's no_padding() unpads the
+        # other's batch), so each thread gets its own copy
+        self.request_tokenizer = copy.deepcopy(self.tokenizer)
         self.model = self.bundle.mixed_model(base).eval()
         b = self.bundle
         self.m = b.width
@@ -157,13 +162,15 @@ class SoupEngine:
             last = max(i for i, m in enumerate(messages) if m["role"] == "user")
             messages[last] = {**messages[last], "content": cond.prompt_for(messages[last]["content"], mu)}
         if self.chat_template:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.request_tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
     def prepare(self, req: GenerationRequest) -> Job:
         """Format and measure the prompt, build the plan and settings; APIError(400) when it cannot fit."""
         text = self.format(req)
-        n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        n = len(self.request_tokenizer(text, add_special_tokens=False)["input_ids"])
         ctx = self.info.context_length
         if n == 0:
             raise APIError(400, "the prompt is empty after tokenisation", "prompt")
