@@ -1,5 +1,6 @@
 """Tracking against the real local services (moto S3 server + MLflow server): metrics, recipe, registered
-adapters and soup bundles with aliases, load by URI with sha256 verification, and an S3 outage mid-run."""
+adapters and soup bundles with aliases, load by URI with sha256 verification, an S3 outage mid-run and
+MLflow down as a job starts."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from soupkitchen.checkpoint import sha256_of
 from soupkitchen.config import ConfigError, load_recipe, replace
 from soupkitchen.data import load_prompt_records
 from soupkitchen.merging import set_coefficients, write_bundle
-from soupkitchen.services import s3_client, s3_service, start_service, stop_service
+from soupkitchen.services import mlflow_service, s3_client, s3_service, start_service, stop_service
 from soupkitchen.tracking import BackboneLogger, RunLogger
 from soupkitchen.training.specs import BackboneSpec
 from soupkitchen.training.worker import build_trainer, save_checkpoint
@@ -28,9 +29,7 @@ def _recipe(stack, **tracking):
     r = load_recipe(
         "tiny", {"ppo.steps": 2, "ppo.batch_size": 4, "ppo.mini_batch_size": 4, "ppo.ppo_epochs": 1}
     )
-    r.tracking = replace(
-        r.tracking, tracking_uri=stack.mlflow_uri, experiment="stack-tests", **tracking
-    )
+    r.tracking = replace(r.tracking, tracking_uri=stack.mlflow_uri, experiment="stack-tests", **tracking)
     return r
 
 
@@ -40,7 +39,7 @@ def trained(local_services, tmp_path_factory):
     recipe = _recipe(local_services)
     parent = RunLogger(recipe, "train_backbones:stack-test", tags={"soupkitchen.job": "train_backbones"})
     spec = BackboneSpec("bone_soup-0", [0.7, 0.3])
-    logger = BackboneLogger(recipe, spec, parent.run_id)
+    logger = BackboneLogger(recipe, spec, parent.key)
     trainer = build_trainer(recipe, spec.weights)
     records = load_prompt_records(recipe.data, "train")[: recipe.ppo.batch_size]
     for _ in range(recipe.ppo.steps):
@@ -106,7 +105,7 @@ def _bundle(trained, tmp_path):
 
 def test_soup_bundle_round_trips_s3_cache_model_with_identical_outputs(local_services, trained, tmp_path):
     bundle = _bundle(trained, tmp_path)
-    logger = RunLogger(trained.recipe, "evaluate_front:stack-test", trained.parent.run_id)
+    logger = RunLogger(trained.recipe, "evaluate_front:stack-test", trained.parent.key)
     name = logger.log_bundle(bundle.directory)
     assert logger.finish() == 0 and name == "soup-tiny"
     version = promote(name, tracking_uri=local_services.mlflow_uri)  # @candidate → @production
@@ -203,3 +202,47 @@ def test_s3_outage_mid_run_loses_no_checkpoint(local_services, trained, tmp_path
     ).is_file()
     got = fetch("models:/soup-outage@candidate", cache_dir=tmp_path, tracking_uri=local_services.mlflow_uri)
     assert sha256_of(got / "trainable.safetensors") == sha256_of(ckpt / "trainable.safetensors")
+
+
+def test_mlflow_down_when_a_job_starts_loses_nothing(local_services, trained, tmp_path):
+    """The server is down before the runs exist: training goes on, and once it is back the runs appear
+    with every param, metric, artifact and registration, the child (created first) linked to its parent."""
+    recipe = _recipe(local_services, upload_retry_s=0.0)
+    mlf = mlflow_service(local_services)
+    records = load_prompt_records(recipe.data, "train")[: recipe.ppo.batch_size]
+    stop_service(mlf, local_services)
+    try:
+        parent = RunLogger(
+            recipe, "train_backbones:down-at-start", tags={"soupkitchen.job": "train_backbones"}
+        )
+        child = BackboneLogger(recipe, BackboneSpec("bone_soup-1", [0.2, 0.8]), parent.key)
+        for _ in range(2):  # training goes on while nothing reaches MLflow
+            child.log_step(trained.trainer.step([r.prompt for r in records], [r.context for r in records]))
+        name = child.log_adapter(trained.ckpt)
+        child.log_normalizer(trained.trainer.normalizer.state_dict())
+        (tmp_path / "manifest.json").write_text("{}")
+        parent.log_file(tmp_path / "manifest.json")
+        assert parent.run_id is None and child.run_id is None and len(child.pending) > 0
+        never = RunLogger(recipe, "down-throughout")  # a run that ends before the server is back
+        assert never.finish() == 2  # the run itself and its recipe.yaml, reported and kept on disk
+        assert never.undelivered["run"] and Path(never.undelivered["artifacts"][0]["spooled_at"]).exists()
+    finally:
+        start_service(mlf, local_services)
+    assert child.finish() == 0  # created now, before its parent: it cannot name the parent's id yet
+    assert parent.finish() == 0  # created now, it links the child that was created first
+    client = mlflow.MlflowClient(local_services.mlflow_uri)
+    run = client.get_run(child.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id == run.data.tags["soupkitchen.parent_run"]
+    assert run.data.params["ppo.steps"] == "2" and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(child.run_id, "kl")] == [3, 4]
+    assert {f.path for f in client.list_artifacts(child.run_id)} >= {
+        "adapter",
+        "recipe.yaml",
+        "reward_normalizer.json",
+    }
+    assert {f.path for f in client.list_artifacts(parent.run_id)} >= {"manifest.json", "recipe.yaml"}
+    got = fetch(f"models:/{name}@candidate", cache_dir=tmp_path / "c", tracking_uri=local_services.mlflow_uri)
+    assert sha256_of(got / "trainable.safetensors") == sha256_of(trained.ckpt / "trainable.safetensors")
+    # a second logger with the same key (a restarted worker) finds the run instead of making another
+    again = BackboneLogger(recipe, BackboneSpec("bone_soup-1", [0.2, 0.8]), parent.key)
+    assert again.run_id == child.run_id and again.finish() == 0

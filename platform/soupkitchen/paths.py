@@ -7,7 +7,7 @@ Everything a job caches or keeps between runs lives under one root, ``$SOUPKITCH
     sft/<recipe>/     merged SFT models (``training.sft``)
     value-models/     MAGE-E value adapters (``jobs/train_value_models.py``)
     mlflow.db         the default MLflow store when no tracking URI is set (``tracking``)
-    spool/<run id>/   metrics and files MLflow did not take yet (``tracking.RunLogger``)
+    spool/<run key>/  metrics and files MLflow did not take yet (``tracking.RunLogger``)
     artifact-cache/   soups fetched by URI (``artifacts.fetch``)
     services/         pid files, logs and stores of the local services (``services``, ``infra/services.py``)
 """

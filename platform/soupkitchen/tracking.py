@@ -5,7 +5,8 @@ tracking server (``infra/services.py``, or a cluster's) artifacts go to its ``s3
 Every run gets its recipe twice: flattened params (``ppo.kl_coef``...) and ``recipe.yaml``. Child runs
 (each backbone of a ``train_backbones`` run) carry ``mlflow.parentRunId`` and ``soupkitchen.parent_run``.
 
-Logging never stops training: metric values, checkpoints (copied to a spool directory first, with a
+Logging never stops training, not even when MLflow is down as the job starts: the run itself, its params,
+metric values, checkpoints (copied to a spool directory first, with a
 sha256 manifest, see ``soupkitchen.artifacts``) and registrations wait in order in an outbox and are sent
 with the next call once MLflow and S3 answer again (backing off while they do not). ``finish`` keeps
 retrying for ``tracking.upload_retry_s`` seconds and then logs a summary of whatever is still undelivered
@@ -14,6 +15,7 @@ retrying for ``tracking.upload_retry_s`` seconds and then logs a summary of what
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,7 +32,9 @@ from soupkitchen.paths import data_dir
 
 log = logging.getLogger("soupkitchen.tracking")
 
-METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
+PARAMS_PER_BATCH = 100
+RUN_KEY, PARENT_KEY = "soupkitchen.run_key", "soupkitchen.parent_key"
 # The MLflow client retries a failed request 7 times with backoff factor 2 (minutes); the outbox below
 # retries on its own, so a training step waits seconds, not minutes, while the server is down.
 _CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -56,6 +60,37 @@ def check_tracking_uri(uri: str, path: str) -> str:
             "stack's http://127.0.0.1:25556) or sqlite:///<path>/mlflow.db",
         )
     return uri
+
+
+@functools.cache
+def outage_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable or failing MLflow server or S3 endpoint raises (requests' errors are OSErrors)."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, OSError, BotoCoreError, ClientError, Boto3Error)
+
+
+def mlflow_client(recipe: Recipe):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri(recipe))
+
+
+def experiment_id(client, recipe: Recipe) -> str:
+    """The id of ``tracking.experiment``, created (with our artifact location) on first use."""
+    exp = client.get_experiment_by_name(recipe.tracking.experiment)
+    if exp:
+        return exp.experiment_id
+    return client.create_experiment(
+        recipe.tracking.experiment, artifact_location=artifact_location(tracking_uri(recipe))
+    )
+
+
+def _set_parent(client, run_id: str, parent_run_id: str) -> None:
+    client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+    client.set_tag(run_id, "soupkitchen.parent_run", parent_run_id)
 
 
 def artifact_location(uri: str) -> str | None:
@@ -92,46 +127,96 @@ class _Upload:
 
 
 class RunLogger:
-    """One MLflow run (optionally nested under ``parent_run_id``) with an outbox for metrics and artifacts."""
+    """One MLflow run (optionally the child of the run whose key is ``parent``) with an outbox for its
+    params, metrics and artifacts.
+
+    The run is created by the first delivery that reaches MLflow, not in ``__init__``: a job started while
+    the tracking server is down trains on and its run appears, with everything logged so far, once the
+    server answers. ``key`` (tag ``soupkitchen.run_key``) names the run before MLflow has given it an id:
+    creation looks the key up first, so a retried or resumed creation never makes a second run, and a child
+    created before its parent is linked (``mlflow.parentRunId``) by whichever of the two is created last.
+    """
 
     def __init__(
-        self, recipe: Recipe, run_name: str, parent_run_id: str | None = None, tags: dict | None = None
+        self,
+        recipe: Recipe,
+        run_name: str,
+        parent: str | None = None,
+        tags: dict | None = None,
+        key: str | None = None,
     ):
-        import mlflow
         import yaml
+        from mlflow.entities import Param
 
         for k, v in _CLIENT_RETRIES.items():
             os.environ.setdefault(k, v)
         self.recipe = recipe
-        self.client = mlflow.MlflowClient(tracking_uri(recipe))
+        self.client = mlflow_client(recipe)
+        self.key = key or uuid.uuid4().hex
+        self.parent = parent
+        self.run_name = run_name
+        self.tags = {"soupkitchen.recipe": recipe.name, RUN_KEY: self.key, **(tags or {})}
+        if parent:
+            self.tags[PARENT_KEY] = parent
+        self.run_id: str | None = None  # MLflow's id, once the run exists
+        self.artifact_uri: str | None = None
+        self.parent_run_id: str | None = None
+        self._experiment_id: str | None = None
+        self.params = [Param(k, v) for k, v in flat_params(to_dict(recipe)).items()]
         self.pending: list = []
         self.uploads: list[_Upload] = []
         self.retry_s = recipe.tracking.upload_retry_s
         self._retry_at, self._backoff = 0.0, 1.0
         self.undelivered: dict = {}
-        exp = self.client.get_experiment_by_name(recipe.tracking.experiment)
-        exp_id = (
-            exp.experiment_id
-            if exp
-            else self.client.create_experiment(
-                recipe.tracking.experiment, artifact_location=artifact_location(tracking_uri(recipe))
-            )
-        )
-        all_tags = {"soupkitchen.recipe": recipe.name, **(tags or {})}
-        if parent_run_id:
-            all_tags |= {"mlflow.parentRunId": parent_run_id, "soupkitchen.parent_run": parent_run_id}
-        run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
-        self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
-        self.spool = data_dir() / "spool" / self.run_id
-        params = flat_params(to_dict(recipe))
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        self.spool = data_dir() / "spool" / self.key
         recipe_file = self._spool_dir() / "recipe.yaml"
         recipe_file.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
         self.uploads.append(_Upload(recipe_file, None))
+        self.flush()
+
+    def _create_run(self) -> None:
+        """Find (by key) or create the run, then link it to its parent if the parent exists yet."""
+        if self._experiment_id is None:
+            self._experiment_id = experiment_id(self.client, self.recipe)
+        found = self._runs_tagged(RUN_KEY, self.key)
+        run = (
+            found[0]
+            if found
+            else self.client.create_run(self._experiment_id, tags=self.tags, run_name=self.run_name)
+        )
+        self.run_id, self.artifact_uri = run.info.run_id, run.info.artifact_uri
+        log.info("MLflow run %s (%s)", self.run_id, self.run_name)
+
+    def _link_parent(self) -> None:
+        if self.parent and self.parent_run_id is None and self.run_id is not None:
+            found = self._runs_tagged(RUN_KEY, self.parent)
+            if found:
+                self.parent_run_id = found[0].info.run_id
+                _set_parent(self.client, self.run_id, self.parent_run_id)
+
+    def _adopt_children(self) -> None:
+        """Link the children created before this run existed (they could not name its id)."""
+        for child in self._runs_tagged(PARENT_KEY, self.key):
+            if "mlflow.parentRunId" not in child.data.tags:
+                _set_parent(self.client, child.info.run_id, self.run_id)
+
+    def _runs_tagged(self, tag: str, value: str) -> list:
+        return self.client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=100
+        )
+
+    def log_params(self, params: dict[str, object]) -> None:
+        """Params beyond the recipe's (a trial's searched values), through the outbox."""
+        from mlflow.entities import Param
+
+        self.params += [Param(k, str(v)[:6000]) for k, v in params.items()]
+        self.flush()
+
+    def log_file(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """One file as an artifact (under ``artifact_path``), copied to the spool first like checkpoints."""
+        staged = self._spool_dir() / Path(path).name
+        shutil.copy2(path, staged)
+        self.uploads.append(_Upload(staged, artifact_path))
         self.flush()
 
     def _spool_dir(self) -> Path:
@@ -180,19 +265,26 @@ class RunLogger:
         if not force and time.time() < self._retry_at:
             return False
         try:
+            if self.run_id is None:
+                self._create_run()
+                self._link_parent()
+            while self.params:
+                self.client.log_batch(self.run_id, params=self.params[:PARAMS_PER_BATCH])
+                del self.params[:PARAMS_PER_BATCH]
             while self.pending:
                 self.client.log_batch(self.run_id, metrics=self.pending[:METRICS_PER_BATCH])
                 del self.pending[:METRICS_PER_BATCH]
             while self.uploads:
                 self._deliver(self.uploads[0])
                 self.uploads.pop(0)
-        except Exception as e:  # noqa: BLE001 - tracking outages must not stop training
+        except outage_errors() as e:  # tracking outages must not stop training; bugs still raise
             self._retry_at = time.time() + self._backoff
             self._backoff = min(2 * self._backoff, 60.0)
             log.warning(
-                "MLflow/S3 unavailable (%s: %s); buffered %d metric values and %d artifacts for retry",
+                "MLflow/S3 unavailable (%s: %s); buffered %s%d metric values and %d artifacts for retry",
                 type(e).__name__,
                 str(e)[:300],
+                "the run itself, " if self.run_id is None else "",
                 len(self.pending),
                 len(self.uploads),
             )
@@ -229,11 +321,16 @@ class RunLogger:
         deadline = time.time() + self.retry_s
         while not self.flush(force=True) and time.time() < deadline:
             time.sleep(max(0.0, min(self._retry_at, deadline) - time.time()))
-        try:
-            self.client.set_terminated(self.run_id, status)
-        except Exception as e:  # noqa: BLE001
-            log.warning("could not close MLflow run %s: %s", self.run_id, e)
+        if self.run_id is not None:
+            try:
+                self._link_parent()
+                self._adopt_children()
+                self.client.set_terminated(self.run_id, status)
+            except outage_errors() as e:
+                log.warning("could not close MLflow run %s: %s", self.run_id, e)
         self.undelivered = {
+            "run": self.run_id is None,
+            "params": len(self.params),
             "metric_values": len(self.pending),
             "artifacts": [
                 {
@@ -244,14 +341,19 @@ class RunLogger:
                 for u in self.uploads
             ],
         }
-        if self.pending or self.uploads:
-            lines = [f"{len(self.pending)} metric values"] + [
-                f"artifact {a['artifact_path']} (kept at {a['spooled_at']})"
-                + (f", registration of {a['model']}" if a["model"] else "")
-                for a in self.undelivered["artifacts"]
-            ]
-            log.error("MLflow run %s: never uploaded: %s", self.run_id, "; ".join(lines))
-        return len(self.pending) + len(self.uploads)
+        if self.run_id is None or self.pending or self.uploads:
+            lines = (
+                ["the run itself"] * (self.run_id is None)
+                + [f"{len(self.pending)} metric values"]
+                + [
+                    f"artifact {a['artifact_path']} (kept at {a['spooled_at']})"
+                    + (f", registration of {a['model']}" if a["model"] else "")
+                    for a in self.undelivered["artifacts"]
+                ]
+            )
+            name = self.run_id or f"{self.run_name} (key {self.key})"
+            log.error("MLflow run %s: never uploaded: %s", name, "; ".join(lines))
+        return (self.run_id is None) + len(self.pending) + len(self.uploads)
 
 
 def model_name(recipe: Recipe, suffix: str) -> str:
@@ -260,13 +362,13 @@ def model_name(recipe: Recipe, suffix: str) -> str:
 
 
 class BackboneLogger(RunLogger):
-    """The MLflow run of one backbone (a child of the ``train_backbones`` run)."""
+    """The MLflow run of one backbone (a child of the ``train_backbones`` run). Its key follows from the
+    parent's, so a worker group restarted from a checkpoint goes on logging into the same run."""
 
-    def __init__(self, recipe: Recipe, spec, parent_run_id: str | None = None):
+    def __init__(self, recipe: Recipe, spec, parent: str | None = None):
         self.spec = spec
-        super().__init__(
-            recipe, spec.name, parent_run_id, {"soupkitchen.backbone_weights": str(spec.weights)}
-        )
+        tags = {"soupkitchen.backbone_weights": str(spec.weights)}
+        super().__init__(recipe, spec.name, parent, tags, key=f"{parent}.{spec.name}" if parent else None)
 
     def log_step(self, stats: dict[str, float]) -> None:
         self.log_metrics({k: v for k, v in stats.items() if k != "step"}, int(stats["step"]))
@@ -285,3 +387,4 @@ class BackboneLogger(RunLogger):
         f = self._spool_dir() / "reward_normalizer.json"
         f.write_text(json.dumps(state, indent=1))
         self.uploads.append(_Upload(f, None))
+        self.flush()

@@ -50,7 +50,7 @@ def evaluate_front(
         metrics |= {f"{label}/{k}": v for label, c in result.costs.items() for k, v in c.items()}
         logger.log_metrics(metrics, 0)
         for path in files.values():
-            logger.client.log_artifact(logger.run_id, str(path))
+            logger.log_file(path)
     return result, files
 
 

@@ -59,7 +59,7 @@ def search_alpha_gamma(
         space = {
             "recipe": recipe,
             "search": "search_alpha",
-            "parent_run_id": parent.run_id,
+            "parent_run": parent.key,
             "source": str(source.path.parent if source.path.name == "manifest.json" else source.path),
             "alpha": tune.grid_search(sorted(set(recipe.search.alphas))),
             "mode": mode,
@@ -71,7 +71,7 @@ def search_alpha_gamma(
         table = results_table(rows, keys, out / "alpha_search.csv")
         winner = best(rows)
         parent.log_metrics({**{f"best_{k}": winner[k] for k in keys}, "best_hypervolume": winner[SCORE]}, 0)
-        parent.client.log_artifact(parent.run_id, str(out / "alpha_search.csv"))
+        parent.log_file(out / "alpha_search.csv")
         gamma = winner.get("gamma")
         if source.path.name == "manifest.json":
             tuned = with_overrides(recipe, soup={"alpha": winner["alpha"], "beta": source.beta})

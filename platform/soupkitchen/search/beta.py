@@ -85,7 +85,7 @@ def search_beta(
         space = {
             "recipe": recipe,
             "search": "search_beta",
-            "parent_run_id": parent.run_id,
+            "parent_run": parent.key,
             "beta": tune.grid_search(betas),
             "sources": {f"{b:g}": str(p) for b, p in manifests.items()},  # each trial takes its β's
         }
@@ -93,7 +93,7 @@ def search_beta(
         table = results_table(rows, ["beta"], out / "beta_search.csv")
         winner = best(rows)
         parent.log_metrics({"best_beta": winner["beta"], "best_hypervolume": winner[SCORE]}, 0)
-        parent.client.log_artifact(parent.run_id, str(out / "beta_search.csv"))
+        parent.log_file(out / "beta_search.csv")
         if cont:
             full = with_overrides(recipe, soup={"beta": winner["beta"]})
             chosen = [s for s in specs if s.name.startswith(f"beta{winner['beta']:g}-")]

@@ -54,7 +54,7 @@ def trial_run_name(run_name: str, space: dict) -> str:
     """``<run>-eval-<hash of the searched values>``: a changed grid starts a new Tune experiment instead of
     restoring a stale one; the same grid resumes (``Tuner.restore``)."""
 
-    searched = {k: v for k, v in space.items() if k not in ("recipe", "parent_run_id")}
+    searched = {k: v for k, v in space.items() if k not in ("recipe", "parent_run")}
     digest = hashlib.sha256(json.dumps(searched, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{run_name}-eval-{digest}"
 
@@ -148,7 +148,7 @@ def evaluate_config(config: dict, cache: dict) -> dict:
     logger = RunLogger(
         recipe,
         f"{config.get('search', 'search')}:{config.get('label', key[0])}",
-        parent_run_id=config.get("parent_run_id"),
+        parent=config.get("parent_run"),
         tags={"soupkitchen.job": "search_trial"},
     )
     with logger:
@@ -157,22 +157,16 @@ def evaluate_config(config: dict, cache: dict) -> dict:
         )
         metrics = dict(result.metrics[target]) | result.intervals.row(target)  # + hypervolume_reps (pairing)
         params = {k: config[k] for k in ("beta", "alpha", "gamma", "mode") if k in config}
-        logger.client.log_batch(logger.run_id, params=_params(params))
+        logger.log_params(params)
         logger.log_metrics(
             {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}, 0
         )
         with tempfile.TemporaryDirectory() as tmp:
             files = write_outputs(result, tmp, title=f"{recipe.name} {params}")
             for f in (files["plot"], files["points"]):
-                logger.client.log_artifact(logger.run_id, str(f))
+                logger.log_file(f)
     clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else -1.0) for k, v in metrics.items()}
     return clean | {"mlflow_run_id": logger.run_id}
-
-
-def _params(params: dict):
-    from mlflow.entities import Param
-
-    return [Param(k, str(v)) for k, v in params.items()]
 
 
 def results_table(

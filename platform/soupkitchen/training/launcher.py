@@ -95,7 +95,7 @@ def backbone_trial(config: dict) -> None:
         train_loop_config={
             "recipe": recipe,
             "backbone": spec,
-            "parent_run_id": config["parent_run_id"],
+            "parent_run": config["parent_run"],
             "reward_space": config["reward_space"],
             "checkpoint_root": f"{config['storage']}/{name}",
         },
@@ -155,7 +155,7 @@ def train_backbones(
             "reward_space": reward_space,
             "run_name": run_name,
             "storage": storage,
-            "parent_run_id": parent.run_id,
+            "parent_run": parent.key,
             "backbone": tune.grid_search(specs),
         }
         tuner = tune.Tuner(
@@ -165,7 +165,7 @@ def train_backbones(
             run_config=tune.RunConfig(name=f"{run_name}-launcher", storage_path=storage),
         )
         manifest = collect_manifest(tuner.fit(), recipe, method, specs, storage, run_name, reward_space)
-        parent.client.log_artifact(parent.run_id, str(manifest))
+        parent.log_file(manifest)
     return manifest
 
 

@@ -260,8 +260,8 @@ def train_ric(recipe: Recipe, run_name: str, storage: str, reward_space: str | P
             policy, tokenizer, summary = sft_stage(recipe, data, logger, k + 1)
             stages.append(summary | {"kept_online": len(kept)})
         cond = conditioning_of(data, cfg)
-        logger.client.log_artifact(logger.run_id, str(write_dataset(out / DATASET, data, cfg)))
+        logger.log_file(write_dataset(out / DATASET, data, cfg))
         manifest = save_ric(recipe, policy, cond, space, ckpt, out / "manifest.json", stages)
         logger.log_checkpoint(ckpt, "adapter", "backbone_adapter", ["trainable.safetensors", "state.json"])
-        logger.client.log_artifact(logger.run_id, str(manifest))
+        logger.log_file(manifest)
     return manifest

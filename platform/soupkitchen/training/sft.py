@@ -239,7 +239,8 @@ def run_sft(recipe: Recipe) -> SFTResult:
             "steps": steps,
             "final_loss": losses[-1][1] if losses else None,
             "losses": losses,
-            "mlflow_run_id": logger.run_id,
+            "mlflow_run_id": logger.run_id,  # None while MLflow has not answered yet; the key names it
+            "mlflow_run_key": logger.key,
         }
         save_merged(merged, tokenizer, out, manifest)
     return SFTResult(out, steps, losses, logger.run_id)

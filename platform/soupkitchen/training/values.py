@@ -54,7 +54,5 @@ def train_value_models(
                 print(f"value model {obj}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics[obj].items()))
         manifest = write_value_models(out, recipe, states, metrics, overwrite=True)
         for f in [manifest, *sorted((out / "adapters").glob("*.safetensors"))]:
-            logger.client.log_artifact(
-                logger.run_id, str(f), "value_models" if f == manifest else "value_models/adapters"
-            )
+            logger.log_file(f, "value_models" if f == manifest else "value_models/adapters")
     return manifest, metrics

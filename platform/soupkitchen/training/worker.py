@@ -197,7 +197,7 @@ def train_loop_per_worker(config: dict) -> None:
         device = f"cuda:{ray.train.torch.get_device().index or 0}"
     space: RewardSpace = config["reward_space"]
     if recipe.ppo.algorithm == "grpo":
-        return _train_grpo(space.apply(recipe), spec, device, config.get("parent_run_id"))
+        return _train_grpo(space.apply(recipe), spec, device, config.get("parent_run"))
     comm = TorchDistComm(device if device.startswith("cuda") else "cpu")
     restore = ray.train.get_checkpoint()
     if restore is None and (found := latest_checkpoint(config.get("checkpoint_root"), world)):
@@ -227,7 +227,7 @@ def train_loop_per_worker(config: dict) -> None:
         say(f"[{spec.name}] resumed at step {resumed_from}/{recipe.ppo.steps}")
     records = load_prompt_records(recipe.data, "train")
     local = recipe.ppo.batch_size // world
-    logger = BackboneLogger(recipe, spec, config.get("parent_run_id")) if rank == 0 else None
+    logger = BackboneLogger(recipe, spec, config.get("parent_run")) if rank == 0 else None
     P = training_preferences(recipe.moc, len(recipe.objectives)) if spec.moc else None
     while trainer.global_step < recipe.ppo.steps:
         idx = prompt_schedule(len(records), recipe.ppo.batch_size, trainer.global_step, recipe.data.seed)
@@ -271,10 +271,10 @@ def train_loop_per_worker(config: dict) -> None:
         logger.finish()
 
 
-def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run_id: str | None) -> None:
+def _train_grpo(recipe: Recipe, spec: BackboneSpec, device: str, parent_run: str | None) -> None:
     """``ppo.algorithm: grpo``: TRL's GRPOTrainer with one reward function per objective, weights w."""
 
-    logger = BackboneLogger(recipe, spec, parent_run_id)
+    logger = BackboneLogger(recipe, spec, parent_run)
 
     def on_step(stats):
         logger.log_step(stats)
