@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -33,6 +34,13 @@ def _ray(*args: str, env=None, check=True, timeout=300) -> subprocess.CompletedP
     )
 
 
+def _actor_pids(address: str, env: dict, class_suffix: str) -> list[int]:
+    """The PIDs of the live actors whose class name ends with ``class_suffix`` (``ray list actors``)."""
+    out = _ray("list", "actors", "--address", address, "--format", "json", "--limit", "1000", env=env)
+    actors = json.loads(out.stdout)
+    return [int(a["pid"]) for a in actors if a["state"] == "ALIVE" and a["class_name"].endswith(class_suffix)]
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
     """``ray start --head`` on 127.0.0.1 with token auth (Ray 2.60 job server needs it); stopped after."""
@@ -61,7 +69,13 @@ def ray_head(tmp_path_factory):
         if time.time() > deadline:
             raise RuntimeError("Ray job server did not come up")
         time.sleep(2)
-    yield {"address": address, "env": env, "ray": _ray, "temp": temp}
+    yield {
+        "address": address,
+        "env": env,
+        "ray": _ray,
+        "temp": temp,
+        "actor_pids": lambda cls: _actor_pids(address, env, cls),
+    }
     _ray("stop", "--force", env=env, check=False)
     shutil.rmtree(temp, ignore_errors=True)
 

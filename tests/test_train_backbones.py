@@ -4,7 +4,9 @@ bad recipes rejected before any worker starts."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -113,6 +115,33 @@ def test_bone_soup_backbones_through_ray_job_submit_with_kill_and_resume(ray_hea
         [b["rewards_last_steps"][o] for o in ("warm", "calm")] for b in manifest["backbones"]
     )
     assert w0 > w1 and c0 < c1, manifest["backbones"]
+
+
+@pytest.mark.slow
+def test_one_killed_train_worker_restarts_its_group_from_the_last_checkpoint(ray_head, tmp_path):
+    """SIGKILL of one of a backbone's two Ray Train workers mid-run (not the job): FailureConfig restarts
+    the worker group from the last reported checkpoint and the run finishes with every step trained."""
+    storage, run = tmp_path / "runs", "tiny-wk"
+    args = ["--recipe", "tiny", "--method", "morlhf", "--run-name", run, "--storage", str(storage)]
+    args += ["--distributed.num_workers", "2", "--distributed.max_failures", "1"]
+    args += ["--ppo.steps", "6", "--ppo.checkpoint_every", "2"]
+    job = _submit(ray_head, *args)
+    deadline = time.time() + 400
+    while not _checkpoints(storage, run, "morlhf-0"):
+        assert _status(ray_head, job) in ("PENDING", "RUNNING"), _logs(ray_head, job)[-3000:]
+        assert time.time() < deadline, "no checkpoint within 400 s"
+        time.sleep(1)
+    workers = ray_head["actor_pids"]("RayTrainWorker")
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGKILL)  # one worker of the group; the job, Tune and the controller live
+    status, log = _wait(ray_head, job), _logs(ray_head, job)
+    assert status == "SUCCEEDED", log[-4000:]
+    (b,) = json.loads((storage / run / "manifest.json").read_text())["backbones"]
+    assert b["resumed_from_step"] in (2, 4), b  # restarted from a checkpoint, not from step 0
+    state = json.loads((Path(b["checkpoint"]) / "state.json").read_text())
+    assert state["data_position"] == 6 and state["trainer"]["global_step"] == 6, state
+    assert len(state["trainer"]["reward_history"]) == 6  # one entry per step: none lost, none twice
+    assert not set(ray_head["actor_pids"]("RayTrainWorker")) & set(workers)  # the group was replaced
 
 
 @pytest.mark.parametrize(
