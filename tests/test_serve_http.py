@@ -8,9 +8,11 @@ ends, a client that disconnects frees its row, and a burst beyond the queue is a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,8 +42,16 @@ def endpoint(ray_head, tiny_soup, tmp_path_factory):
     env = ray_head["env"]
     keys = tmp_path_factory.mktemp("keys") / "api-keys.txt"
     keys.write_text(f"# one key per client\n{KEY}\n\n{KEY2}\n")
-    gcs = f"127.0.0.1:{RAY_PORT}"
-    out = _serve_cli("start", "--address", gcs, "--http-host", "127.0.0.1", "--http-port", str(PORT), env=env)
+    out = _serve_cli(
+        "start",
+        "--address",
+        f"127.0.0.1:{RAY_PORT}",
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        str(PORT),
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     args = {
         "soup": str(tiny_soup),
@@ -55,36 +65,40 @@ def endpoint(ray_head, tiny_soup, tmp_path_factory):
         "max_queued_requests": 4,
         "max_tokens_limit": 100,
         "max_body_bytes": 4096,
+        "body_timeout_s": 4,  # a stalled body is answered 408 after this
         "torch_threads": 1,
         "api_key_file": str(keys),  # two clients' keys, as a mounted secret would hold them
     }
-    runtime = {"env_vars": {"PYTHONPATH": "platform"}}
-    cmd = ["run", "--non-blocking", "--address", gcs, "--working-dir", str(REPO)]
-    cmd += [
-        "--runtime-env-json",
-        json.dumps(runtime),
-        "serve.app:app",
-        *[f"{k}={v}" for k, v in args.items()],
-    ]
-    out = _serve_cli(*cmd, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    deadline = time.time() + 240
-    while True:
-        try:
-            if requests.get(f"{URL}/healthz", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert time.time() < deadline, "the app did not become healthy"
-        time.sleep(2)
+    _deploy(env, args)
     yield requests.get(f"{URL}/v1/models", headers=AUTH, timeout=10).json()["data"][0]
     _serve_cli("shutdown", "-y", "--address", f"http://127.0.0.1:{RAY_DASHBOARD_PORT}", env=env)
 
 
-def post(path: str, body, headers=AUTH, raw: bytes | None = None):
+def _deploy(env: dict, args: dict, name: str = "default") -> str:
+    """``serve run --non-blocking`` of ``serve.app:app`` with ``args`` as application ``name`` (routes under
+    ``/<name>`` unless it is the default); returns its URL once it answers /healthz."""
+    url = URL if name == "default" else f"{URL}/{name}"
+    cmd = ["run", "--non-blocking", "--address", f"127.0.0.1:{RAY_PORT}", "--working-dir", str(REPO)]
+    cmd += ["--runtime-env-json", json.dumps({"env_vars": {"PYTHONPATH": "platform"}})]
+    if name != "default":
+        cmd += ["--name", name, "--route-prefix", f"/{name}"]
+    out = _serve_cli(*cmd, "serve.app:app", *[f"{k}={v}" for k, v in args.items()], env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    deadline = time.time() + 240
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return url
+        except requests.RequestException:
+            pass
+        assert time.time() < deadline, f"the app {name} did not become healthy"
+        time.sleep(2)
+
+
+def post(path: str, body, headers=AUTH, raw: bytes | None = None, url: str = URL, timeout: float = 120):
     data = raw if raw is not None else json.dumps(body)
     return requests.post(
-        f"{URL}{path}", data=data, headers={**headers, "Content-Type": "application/json"}, timeout=120
+        f"{url}{path}", data=data, headers={**headers, "Content-Type": "application/json"}, timeout=timeout
     )
 
 
@@ -256,18 +270,32 @@ def test_metrics_are_prometheus_text(endpoint):
     )
 
 
-def _stream(body: dict, chunks: list, stop_after: int | None = None) -> None:
-    """Read an SSE completion, appending (time, text) per chunk; close the connection after ``stop_after``."""
+def _sse(body: dict, url: str = URL):
+    """Yield ``(time, event)`` of an SSE completion, each event its JSON or "[DONE]"; closing the generator
+    closes the socket mid-stream."""
     with requests.post(
-        f"{URL}/v1/completions", json={**body, "stream": True}, headers=AUTH, stream=True, timeout=120
+        f"{url}/v1/completions", json={**body, "stream": True}, headers=AUTH, stream=True, timeout=120
     ) as r:
         assert r.status_code == 200, r.text
         for line in r.iter_lines():
-            if line.startswith(b"data: {"):
-                data = json.loads(line[6:])
-                chunks.append((time.perf_counter(), "".join(c["text"] for c in data["choices"])))
+            if line.startswith(b"data: "):
+                yield time.perf_counter(), "[DONE]" if line == b"data: [DONE]" else json.loads(line[6:])
+
+
+def _stream(body: dict, chunks: list, stop_after: int | None = None) -> None:
+    """Read an SSE completion, appending (time, text) per chunk; close the connection after ``stop_after``."""
+    with contextlib.closing(_sse(body)) as events:
+        for at, event in events:
+            if event != "[DONE]":
+                chunks.append((at, "".join(c["text"] for c in event["choices"])))
                 if stop_after is not None and len(chunks) >= stop_after:
-                    return  # leaving the with-block closes the socket mid-stream
+                    return  # closing the generator closes the socket mid-stream
+
+
+def _stream_events(body: dict, events: list) -> None:
+    """Read an SSE completion to its end, appending each event (its JSON, or "[DONE]")."""
+    for _, event in _sse(body):
+        events.append(event)
 
 
 def _until(predicate, timeout=60.0):
@@ -332,26 +360,11 @@ def test_a_burst_beyond_the_queue_gets_503_and_the_server_keeps_answering(endpoi
     assert post("/v1/completions", good()).status_code == 200
 
 
-def _model_replica_pids(ray_head) -> list[int]:
-    """The PIDs of the live SoupModel replica actors (``ray list actors``, the head's state API)."""
-    exe = Path(sys.executable).with_name("ray")
-    out = subprocess.run(
-        [str(exe), "list", "actors", "--address", ray_head["address"], "--format", "json", "--limit", "1000"],
-        env=ray_head["env"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    actors = json.loads(out.stdout)
-    return [int(a["pid"]) for a in actors if a["state"] == "ALIVE" and a["class_name"].endswith("SoupModel")]
-
-
 def test_a_killed_model_replica_fails_its_requests_cleanly_and_is_replaced(endpoint, ray_head):
     """SIGKILL of the model replica's process while requests decode: each in-flight request ends with one
     answer (a 503 ``replica_failed`` with Retry-After in OpenAI's shape, a stream's error event, or its
     completion if it beat the kill), none hangs; Serve starts a new replica and new requests succeed."""
-    (pid,) = _model_replica_pids(ray_head)
+    (pid,) = ray_head["actor_pids"](":default:SoupModel")
     streamed: list = []
     body = good(prompt="killed mid-stream", max_tokens=100)
     with ThreadPoolExecutor(8) as pool:
@@ -369,18 +382,74 @@ def test_a_killed_model_replica_fails_its_requests_cleanly_and_is_replaced(endpo
     while post("/v1/completions", good()).status_code != 200:
         assert time.time() < deadline, "no replica came back"
         time.sleep(2)
-    assert _model_replica_pids(ray_head) not in ([], [pid])
+    assert ray_head["actor_pids"](":default:SoupModel") not in ([], [pid])
 
 
-def _stream_events(body: dict, events: list) -> None:
-    """Read an SSE completion to its end, appending each event's JSON (or "[DONE]")."""
-    with requests.post(
-        f"{URL}/v1/completions", json={**body, "stream": True}, headers=AUTH, stream=True, timeout=120
-    ) as r:
-        assert r.status_code == 200, r.text
-        for line in r.iter_lines():
-            if line.startswith(b"data: "):
-                events.append("[DONE]" if line == b"data: [DONE]" else json.loads(line[6:]))
+def test_half_open_sockets_and_slow_bodies_hold_no_capacity(endpoint):
+    """Clients that connect and send nothing, or send their headers and then stall in the body, take no
+    ingress or model capacity: while 12 of each hang on, good requests are answered (before any stalled one
+    has an answer); each stalled body then gets a 408 after ``body_timeout_s``."""
+    idle = [socket.create_connection(("127.0.0.1", PORT), timeout=30) for _ in range(12)]
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    stalled = []
+    for _ in range(12):
+        sock = socket.create_connection(("127.0.0.1", PORT), timeout=30)
+        sock.sendall(head.encode() + b'{"model": "tiny", "prompt": "')  # then nothing more
+        stalled.append(sock)
+    try:
+        time.sleep(0.5)  # every stalled request has reached the proxy and its ingress
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: post("/v1/completions", good(f"p{i}"), timeout=30), range(4)))
+        assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+        for sock in stalled:  # still waiting for their bodies: no answer yet
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+            sock.setblocking(True)
+        for sock in stalled:
+            status = sock.recv(4096).split(b"\r\n", 1)[0]
+            assert status.startswith(b"HTTP/1.1 408"), status
+    finally:
+        for sock in idle + stalled:
+            sock.close()
+    assert post("/v1/completions", good()).status_code == 200
+
+
+def test_a_request_past_request_timeout_s_gets_504_and_leaves_the_queue(
+    endpoint, ray_head, tiny_soup, tmp_path
+):
+    """A second application whose requests cannot finish in time: an idle replica gathers for 6 s
+    (``batch_wait_timeout_s``) before it prefills a lone request, and ``request_timeout_s`` is 2 s. A lone
+    request gets a 504 in OpenAI's shape after ~2 s. A stream is accepted (200) before it queues, so its
+    timeout is its only event (``timeout_error``), as any error after acceptance is. Both leave the queue:
+    a pair sent next fills the two-row batch by itself and is answered in time."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text(KEY)
+    args = {"soup": str(tiny_soup), "model_name": "tiny", "num_cpus": 0.25, "max_replicas": 1}
+    args |= {"torch_threads": 1, "api_key_file": str(keys), "max_batch_rows": 2}
+    slow = _deploy(ray_head["env"], args | {"request_timeout_s": 2, "batch_wait_timeout_s": 6}, "slow")
+    for stream in (False, True):
+        t0 = time.perf_counter()
+        r = requests.post(
+            f"{slow}/v1/completions", json=good(max_tokens=2, stream=stream), headers=AUTH, timeout=30
+        )
+        waited = time.perf_counter() - t0
+        # a stream is accepted (200) before it queues, so its timeout is its one event, as for later errors
+        events = [json.loads(x[6:]) for x in r.text.splitlines() if x.startswith("data: ")] if stream else []
+        (err,) = [e["error"] for e in events] if stream else [r.json()["error"]]
+        assert r.status_code == (200 if stream else 504) and 2 <= waited < 6, (r.status_code, r.text, waited)
+        assert err["type"] == "timeout_error" and "within 2 s" in err["message"], err
+    with ThreadPoolExecutor(2) as pool:
+        pair = list(pool.map(lambda p: post("/v1/completions", good(p, max_tokens=2), url=slow), "ab"))
+    assert [r.status_code for r in pair] == [200, 200], [r.text for r in pair]
+    assert [r.json()["soup"]["batch_size"] for r in pair] == [2, 2]  # the timed-out ones are not in it
+    assert (
+        'soupkitchen_errors_total{type="timeout_error"} 2.0'
+        in requests.get(f"{slow}/metrics", timeout=10).text
+    )
 
 
 def test_api_keys_never_reach_logs_errors_or_metrics(endpoint, ray_head):

@@ -45,5 +45,7 @@ def build_app(options: ServeOptions) -> Application:
         max_queued_requests=options.max_queued_requests,
     ).bind(options)
     return OpenAIIngress.options(
-        num_replicas=options.ingress_replicas, ray_actor_options={"num_cpus": 0}
+        num_replicas=options.ingress_replicas,
+        max_ongoing_requests=options.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
     ).bind(model, options)

@@ -213,7 +213,11 @@ class OpenAIIngress:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise APIError(413, f"request body is {declared} bytes; the limit is {limit}", None)
-        raw = await request.body()
+        try:
+            raw = await asyncio.wait_for(request.body(), self.options.body_timeout_s)
+        except TimeoutError:
+            wait = self.options.body_timeout_s
+            raise APIError(408, f"the request body did not arrive within {wait:g} s", None, "timeout_error")
         if len(raw) > limit:
             raise APIError(413, f"request body is {len(raw)} bytes; the limit is {limit}", None)
         return parse_json(raw)

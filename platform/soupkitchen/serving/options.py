@@ -26,8 +26,9 @@ class ServeOptions(Schema):
 
     ``soup``: bundle URI (``models:/name@alias``, ``runs:/``, ``s3://``) or local path; ``model_name``: the
     served model id (default: derived from ``soup``). Limits: ``max_tokens_limit`` per request,
-    ``context_length`` (0: the model's), ``max_body_bytes``, ``request_timeout_s``, ``max_gamma`` /
-    ``max_alpha``. ``api_key_env``: if that environment variable is set, requests need ``Authorization:
+    ``context_length`` (0: the model's), ``max_body_bytes``, ``request_timeout_s`` (504 after it),
+    ``body_timeout_s`` (408 when the body has not arrived: a stalled client holds no capacity), ``max_gamma``
+    / ``max_alpha``. ``api_key_env``: if that environment variable is set, requests need ``Authorization:
     Bearer <its value>``; ``api_key_file``: a file of keys, one per line (``#`` comments), any of which is
     accepted (both may be set; ``read_api_keys``). Batching (``serving.scheduler``): ``continuous``
     (requests join and leave the running batch between decode steps) or ``static``, within
@@ -49,7 +50,8 @@ class ServeOptions(Schema):
     min_tokens: int = Field(1, ge=0)
     context_length: int = Field(0, ge=0)
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    request_timeout_s: float = Field(120.0, ge=0.0)
+    request_timeout_s: float = Field(120.0, gt=0.0)
+    body_timeout_s: float = Field(10.0, gt=0.0)  # the whole body must arrive within this, or 408
     max_gamma: float = Field(10.0, ge=0.0)
     max_alpha: float = Field(1.0, ge=0.0)
     api_key_env: str = "SOUPKITCHEN_API_KEY"
@@ -73,6 +75,8 @@ class ServeOptions(Schema):
     metrics_interval_s: float = Field(10.0, ge=0.0)
     look_back_period_s: float = Field(30.0, ge=0.0)
     ingress_replicas: int = Field(1, ge=1)
+    # The ingress only parses and awaits: Serve's default of 5 would let 5 stalled clients block it.
+    ingress_max_ongoing_requests: int = Field(1024, ge=1)
 
     def __init__(self, /, **data: Any):  # from_args or in code: one validation, errors named args.<key>
         try:
