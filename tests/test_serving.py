@@ -5,11 +5,15 @@ alone; γ = 0 guided modes equal unguided Bone Soup)."""
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import pickle
+import re
 import shutil
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -185,6 +189,10 @@ def test_prompt_forms_openai_clients_send():
     ]
     req = parse_request({"messages": chat, "stop": "\n", "user": "u1", "metadata": {}}, "chat", INFO)
     assert req.messages[1]["content"] == "hi" and req.stop == ("\n",)
+    developer = [{"role": "developer", "content": "be calm"}, chat[1]]  # newer clients' name for system
+    assert parse_request({"messages": developer}, "chat", INFO).messages == req.messages
+    with pytest.raises(APIError, match='stream_options: only allowed with "stream": true'):
+        parse_request({"prompt": "x", "stream_options": {"include_usage": True}}, "completion", INFO)
 
 
 def test_defaults_and_greedy():
@@ -210,7 +218,11 @@ def test_defaults_and_greedy():
         ({"prompt": "x", "mode": "mage_e"}, "mode", ["not available", "no value models"]),
         ({"prompt": "x", "mode": "hoe"}, "mode", ["not available", "no HoE expert set", "build_hoe.py"]),
         ({"prompt": "x", "top_p": 0}, "top_p", ["(0, 1]", "got 0"]),
-        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", ["'system', 'user'"]),
+        (
+            {"messages": [{"role": "robot", "content": "x"}]},
+            "messages[0].role",
+            ["'system', 'developer', 'user'"],
+        ),
     ],
 )
 def test_validation_errors_are_400s_that_name_the_path_and_the_fix(body, param, words):
@@ -226,12 +238,146 @@ def test_validation_errors_are_400s_that_name_the_path_and_the_fix(body, param, 
 
 
 def test_bodies_are_pydantic_models_that_ignore_unknown_openai_fields():
-    body = {"prompt": "x", "user": "u-1", "metadata": {"a": 1}, "logprobs": False, "n": 1, "echo": False}
+    body = {"prompt": "x", "user": "u-1", "metadata": {"a": 1}, "logprobs": None, "n": 1, "echo": False}
     req = parse_request(body, "completion", INFO)
     assert req.prompt == "x" and req.mode is Mode.BONE_SOUP
     fields = CompletionBody.model_fields
     assert fields["gamma"].metadata and fields["top_p"].metadata  # ranges are Field(ge=, gt=, le=)
     assert CompletionBody.model_config["extra"] == "ignore"
+
+
+# OpenAI's API reference, field by field ("Create completion", "Create chat completion" request bodies), and
+# soupkitchen's extra fields: field (a path into the body) -> the JSON types the reference allows, values that
+# are accepted, and meaningful values refused with a 400 because they are not implemented. "number" is int or
+# float. Every other type is refused with a 400 naming the field; null, where allowed, is accepted.
+class Spec(NamedTuple):
+    types: str
+    ok: tuple = ()
+    refused: tuple = ()
+
+
+SHARED = {
+    "model": Spec("string", ok=("soup",)),
+    "frequency_penalty": Spec("number null", ok=(0, 0.0), refused=(0.5,)),
+    "logit_bias": Spec("object null", ok=({},), refused=({"50256": -100},)),
+    "max_tokens": Spec("int null", ok=(8,)),
+    "n": Spec("int null", ok=(1,), refused=(2,)),
+    "presence_penalty": Spec("number null", ok=(0,), refused=(-1.5,)),
+    "seed": Spec("int null", ok=(7,)),
+    "stop": Spec("string list null", ok=("\n", ["a", "b"])),
+    "stream": Spec("bool null", ok=(True, False)),
+    "stream_options": Spec("object null", ok=({"include_usage": True},)),
+    "stream_options.include_usage": Spec("bool", ok=(True,)),
+    "stream_options.include_obfuscation": Spec("bool", ok=(False,)),
+    "temperature": Spec("number null", ok=(0, 0.7)),
+    "top_p": Spec("number null", ok=(1, 0.9)),
+    "user": Spec("string", ok=("u-1",)),
+    # soupkitchen's (extra_body=)
+    "preference": Spec("list object null", ok=([3, 1], {"calm": 1})),
+    "mode": Spec("string", ok=("rewarded_soups",)),
+    "gamma": Spec("number null", ok=(2, 0.5)),
+    "alpha": Spec("number null", ok=(0, 0.5)),
+    "top_k": Spec("int null", ok=(40,)),
+}
+FIELDS = {
+    "completion": SHARED
+    | {
+        # null (no prompt) is documented too: refused here, one prompt per request is required
+        "prompt": Spec("string list", ok=("hi", ["hi"]), refused=([1, 2], ["a", "b"])),
+        "best_of": Spec("int null", ok=(1,), refused=(3,)),
+        "echo": Spec("bool null", ok=(False,), refused=(True,)),
+        "logprobs": Spec("int null", refused=(0, 5)),
+        "suffix": Spec("string null", refused=("!",)),
+    },
+    "chat": SHARED
+    | {
+        "messages": Spec("list", ok=([{"role": "user", "content": "hi"}],)),
+        "messages[0]": Spec("object", ok=({"role": "user", "content": "hi"},)),
+        "messages[0].role": Spec("string", ok=("user",)),
+        "messages[0].content": Spec("string list", ok=("hi", [{"type": "text", "text": "hi"}])),
+        "messages[0].name": Spec("string", ok=("ann",)),
+        "audio": Spec("object null", refused=({"format": "wav", "voice": "alloy"},)),
+        "function_call": Spec("string object", ok=("none",), refused=("auto", {"name": "f"})),
+        "functions": Spec("list", refused=([{"name": "f"}],)),
+        "logprobs": Spec("bool null", ok=(False,), refused=(True,)),
+        "max_completion_tokens": Spec("int null", ok=(8,)),
+        "metadata": Spec("object null", ok=({"k": "v"},)),
+        "modalities": Spec("list null", ok=(["text"],), refused=(["text", "audio"],)),
+        "parallel_tool_calls": Spec("bool", ok=(False,)),
+        "prediction": Spec("object null", refused=({"type": "content", "content": "x"},)),
+        "prompt_cache_key": Spec("string", ok=("k",)),
+        "reasoning_effort": Spec("string null", ok=("low",)),
+        "response_format": Spec("object", ok=({"type": "text"},), refused=({"type": "json_object"},)),
+        "safety_identifier": Spec("string", ok=("u-1",)),
+        "service_tier": Spec("string null", ok=("auto",)),
+        "store": Spec("bool null", ok=(False, True)),
+        "tool_choice": Spec("string object", ok=("none",), refused=("required", {"type": "function"})),
+        "tools": Spec("list", refused=([{"type": "function", "function": {"name": "f"}}],)),
+        "top_logprobs": Spec("int null", refused=(2,)),
+        "verbosity": Spec("string null", ok=("low",)),
+        "web_search_options": Spec("object", refused=({},)),
+    },
+}
+# streamed, so that stream_options (only allowed with "stream": true) is probed on its own
+BASE = {
+    "completion": {"prompt": "hi", "stream": True},
+    "chat": {"messages": [{"role": "user", "content": "hi"}], "stream": True},
+}
+PROBES = {  # JSON type -> values of it (a falsy one too: a check that reads `v or None` lets it through)
+    "string": ("", "x"),
+    "bool": (False, True),
+    "null": (None,),
+    "int": (0, 3),
+    "float": (0.5, 2.5),
+    "list": ([], ["x"]),
+    "object": ({}, {"x": 1}),
+}
+
+
+def _corpus():
+    for kind, fields in FIELDS.items():
+        for path, spec in fields.items():
+            allowed = set(spec.types.replace("number", "int float").split())
+            for t, values in PROBES.items():
+                if t not in allowed:
+                    yield from ((kind, path, v, False) for v in values)
+            yield from ((kind, path, v, True) for v in ((None,) if "null" in allowed else ()) + spec.ok)
+            yield from ((kind, path, v, False) for v in spec.refused)
+
+
+CORPUS = list(_corpus())
+
+
+def _put(body: dict, path: str, value) -> dict:
+    """``body`` (copied) with ``value`` at ``path`` (``messages[0].content``, ``stream_options.x``)."""
+    body = copy.deepcopy(body)
+    keys = [int(k) if k.isdigit() else k for k in re.findall(r"\w+", path)]
+    at = body
+    for k in keys[:-1]:
+        at = at.setdefault(k, {}) if isinstance(k, str) else at[k]
+    at[keys[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    "kind, path, value, accepted",
+    CORPUS,
+    ids=[f"{k}-{p}={json.dumps(v)[:40]}" for k, p, v, _ in CORPUS],
+)
+def test_every_openai_field_is_type_checked(kind, path, value, accepted):
+    """Each documented field (``FIELDS``) given each JSON type the reference does not allow for it is a 400
+    naming that field (or a path inside it), ignored fields included; its valid values are accepted, or
+    refused with a 400 that names it where they are not implemented (n > 1, logprobs, tools, ...)."""
+    body = _put(BASE[kind], path, value)
+    if accepted:
+        assert isinstance(parse_request(body, kind, INFO), GenerationRequest)
+        return
+    with pytest.raises(APIError) as err:
+        parse_request(body, kind, INFO)
+    e = err.value
+    assert e.status == 400 and e.param is not None, e.message
+    assert e.param == path or e.param.startswith((f"{path}.", f"{path}[")), (e.param, e.message)
+    assert e.message.startswith(f"{e.param}: ") and len(e.message) > len(e.param) + 8, e.message
 
 
 def test_text_stream_holds_back_what_may_change():

@@ -22,9 +22,13 @@ soupkitchen's extra body fields (the openai client sends them with ``extra_body=
     alpha       extrapolation α of the merge c = (1 + α)B⁻¹μ, in [0, max_alpha]; default: the bundle's α
     top_k       sample from the k most likely tokens (0: off)
 
-``temperature: 0`` is greedy decoding (as OpenAI). Parameters that would change what a response means and
-are not implemented (n > 1, logprobs, echo, best_of > 1, suffix, tools, logit_bias, penalties) are refused
-with a 400 naming them rather than silently ignored; other fields (``user``, ``metadata``, ...) are ignored.
+``temperature: 0`` is greedy decoding (as OpenAI). Every field of OpenAI's request bodies is type-checked
+as its API reference documents it (null only where the reference allows null), even the ones that are
+ignored. Parameters that would change what a response means and are not implemented (n > 1, logprobs, echo,
+best_of > 1, suffix, tools, functions, logit_bias, penalties, response_format other than text, audio,
+modalities other than ["text"], prediction, web_search_options) are refused with a 400 naming them rather
+than silently ignored; the rest (``user``, ``metadata``, ``store``, ``service_tier``, ``reasoning_effort``,
+``messages[].name``, ...) are ignored. Fields that are not OpenAI's (nor ours) are ignored.
 """
 
 from __future__ import annotations
@@ -52,22 +56,42 @@ from pydantic_core import PydanticCustomError
 from soupkitchen.methods import Mode
 from soupkitchen.preferences import Preference
 
-ROLES = ("system", "user", "assistant")
-# body field -> the value that means "not used"; anything else is refused (not implemented).
-UNSUPPORTED = {
-    "n": 1,
-    "best_of": 1,
-    "logprobs": None,
-    "top_logprobs": None,
-    "echo": False,
-    "suffix": None,
-    "tools": None,
-    "functions": None,
-    "tool_choice": None,
-    "logit_bias": None,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
+ROLES = ("system", "developer", "user", "assistant")  # developer: OpenAI's newer name for system
+# body field -> the values that mean "not used" (besides null, where its type allows null); any other value
+# (of the field's type, which is checked first) is refused: it would change what the response means, and it
+# is not implemented.
+UNSUPPORTED: dict[str, tuple] = {
+    "n": (1,),
+    "best_of": (1,),
+    "logprobs": (False,),  # chat: a boolean; completions: an integer (the log probabilities of that many)
+    "top_logprobs": (),
+    "echo": (False,),
+    "suffix": (),
+    "tools": (),
+    "functions": (),
+    "tool_choice": ("none",),
+    "function_call": ("none",),
+    "logit_bias": ({},),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "response_format": ({"type": "text"},),
+    "modalities": (["text"],),
+    "audio": (),
+    "prediction": (),
+    "web_search_options": (),
 }
+# OpenAI fields that are type-checked and otherwise ignored (they change nothing in what is generated here).
+IGNORED = (
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    "verbosity",
+    "safety_identifier",
+    "prompt_cache_key",
+)
 # The order fields are reported in when a body has several problems (the first one is answered).
 FIELD_ORDER = (
     "model",
@@ -87,6 +111,7 @@ FIELD_ORDER = (
     "top_p",
     "top_k",
     "stop",
+    *IGNORED,
 )
 
 
@@ -235,18 +260,22 @@ def _limit(value, hi: float):
 
 
 class ChatMessage(BaseModel):
-    """One chat message: a role and text content (OpenAI's text parts are joined); other keys ignored."""
+    """One chat message: a role and text content (OpenAI's text parts are joined); ``name`` is type-checked
+    and ignored, other keys are ignored."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant"]  # "developer" arrives as "system" (``_object``)
     content: str = Field(strict=True)
+    name: str = Field(None, strict=True)  # absent: none; null is not a documented value (refused)
 
     @model_validator(mode="before")
     @classmethod
     def _object(cls, data):
         # not an object: report it on its role, as for an object with a bad role
-        return data if isinstance(data, dict) else {"role": None if data in ROLES else data}
+        if not isinstance(data, dict):
+            return {"role": None if data in ROLES else data}
+        return data | {"role": "system"} if data.get("role") == "developer" else data
 
     @field_validator("content", mode="before")
     @classmethod
@@ -263,33 +292,45 @@ class ChatMessage(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    include_usage: Any = False
+    include_usage: bool = Field(False, strict=True)
+    include_obfuscation: bool = Field(True, strict=True)  # ignored: no obfuscation field is sent
+
+
+def _same(v, x) -> bool:
+    """``v == x`` where false is not 0 and true is not 1."""
+    return v == x and isinstance(v, bool) == isinstance(x, bool)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class _Body(BaseModel):
-    """The fields both endpoints share. OpenAI fields not listed here are accepted and ignored; the ones
-    in ``UNSUPPORTED`` are refused unless they hold their "not used" value."""
+    """The fields both endpoints share. Every OpenAI field is type-checked as the API reference documents it,
+    even where it is ignored; those in ``UNSUPPORTED`` are refused unless they hold a "not used" value.
+    Fields that are not OpenAI's (nor soupkitchen's) are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    model: Any = None
-    n: Any = None
-    best_of: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    echo: Any = None
-    suffix: Any = None
-    tools: Any = None
-    functions: Any = None
-    tool_choice: Any = None
-    logit_bias: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
+    # absent: the served model (null, like any non-string, is refused: not a model id)
+    model: str = Field(None, strict=True)
+    user: str = Field(None, strict=True)
+    n: int | None = Field(None, strict=True)
+    best_of: int | None = Field(None, strict=True)
+    top_logprobs: int | None = Field(None, strict=True)
+    echo: bool | None = Field(None, strict=True)
+    suffix: str | None = Field(None, strict=True)
+    tools: list = Field(None, strict=True)
+    functions: list = Field(None, strict=True)
+    tool_choice: Any = None  # "none" | "auto" | "required" | an object naming a tool (``_choice``)
+    logit_bias: Any = None  # an object: token id -> an integer in [-100, 100], or null (``_logit_bias``)
+    presence_penalty: float | None = Field(None, strict=True, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, strict=True, allow_inf_nan=False)
     mode: InstanceOf[Mode] | None = None  # absent: the soup's default_mode (an explicit null is refused)
     max_completion_tokens: int | None = Field(None, ge=1, strict=True)
     max_tokens: int | None = Field(None, ge=1, strict=True)
-    stream_options: StreamOptions | None = None
-    stream: bool = Field(False, strict=True)
+    stream: bool | None = Field(None, strict=True)
+    stream_options: StreamOptions | None = None  # only with stream: true (after ``stream``: it reads it)
     seed: int | None = Field(None, strict=True)
     preference: InstanceOf[Preference] = Field(None, validate_default=True)
     gamma: float | None = Field(None, ge=0.0, strict=True, allow_inf_nan=False)
@@ -314,11 +355,32 @@ class _Body(BaseModel):
             raise _fail(f"model {v!r} is not served here; use {served!r}", "model_not_found")
         return v
 
-    @field_validator(*UNSUPPORTED)
+    @field_validator("tool_choice", "function_call", mode="before", check_fields=False)
+    @classmethod
+    def _choice(cls, v, vi: ValidationInfo):
+        words = ["none", "auto", "required"] if vi.field_name == "tool_choice" else ["none", "auto"]
+        if not (isinstance(v, dict) or isinstance(v, str) and v in words):
+            raise _fail(f"must be one of {words} or an object naming a function, got {_show(v)}")
+        return v
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias(cls, v):
+        if v is not None and not (
+            isinstance(v, dict) and all(_int(x) and -100 <= x <= 100 for x in v.values())
+        ):
+            raise _fail(f"must be an object mapping token ids to integers in [-100, 100], got {_show(v)}")
+        return v
+
+    @field_validator(*UNSUPPORTED, check_fields=False)
     @classmethod
     def _unsupported(cls, v, vi: ValidationInfo):
-        if v not in (UNSUPPORTED[vi.field_name], None) and not (vi.field_name == "logprobs" and v is False):
-            raise _fail("not supported by this endpoint; remove it")
+        unused = UNSUPPORTED[vi.field_name]
+        if v is not None and not any(_same(v, x) for x in unused):
+            alt = " or send " + " or ".join(json.dumps(x) for x in unused) if unused else ""
+            raise _fail(
+                f"not supported by this endpoint (it would change what the response means); remove it{alt}"
+            )
         return v
 
     @field_validator("mode", mode="before")
@@ -349,10 +411,12 @@ class _Body(BaseModel):
     def _max_tokens(cls, v, vi: ValidationInfo):
         return _limit(v, _info(vi).max_tokens_limit)
 
-    @field_validator("stream_options", mode="before")
+    @field_validator("stream_options")
     @classmethod
-    def _stream_options(cls, v):
-        return v or None  # absent, null, {} or another falsy value: none
+    def _only_streaming(cls, v, vi: ValidationInfo):
+        if v is not None and not vi.data.get("stream"):
+            raise _fail('only allowed with "stream": true (as OpenAI); remove it or stream')
+        return v
 
     @field_validator("preference", mode="before")
     @classmethod
@@ -384,6 +448,7 @@ class CompletionBody(_Body):
     """``POST /v1/completions``: one prompt per request."""
 
     prompt: str = Field(None, validate_default=True)
+    logprobs: int | None = Field(None, strict=True)
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -403,6 +468,51 @@ class ChatBody(_Body):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = Field(None, strict=True)
+    function_call: Any = None  # "none" | "auto" | an object naming a function (``_choice``)
+    response_format: Any = None  # an object {"type": "text" | "json_object" | "json_schema", ...}
+    modalities: Any = None  # a list of "text" / "audio", or null
+    audio: dict | None = Field(None, strict=True)
+    prediction: dict | None = Field(None, strict=True)
+    web_search_options: dict = Field(None, strict=True)
+    # type-checked, otherwise ignored
+    metadata: Any = None  # at most 16 pairs: a key of <= 64 characters -> a string of <= 512, or null
+    store: bool | None = Field(None, strict=True)
+    parallel_tool_calls: bool = Field(None, strict=True)
+    service_tier: str | None = Field(None, strict=True)
+    reasoning_effort: str | None = Field(None, strict=True)
+    verbosity: str | None = Field(None, strict=True)
+    safety_identifier: str = Field(None, strict=True)
+    prompt_cache_key: str = Field(None, strict=True)
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _response_format(cls, v):
+        kinds = ["text", "json_object", "json_schema"]
+        if not (isinstance(v, dict) and v.get("type") in kinds):
+            raise _fail(f'must be an object {{"type": one of {kinds}, ...}}, got {_show(v)}')
+        return v
+
+    @field_validator("modalities", mode="before")
+    @classmethod
+    def _modalities(cls, v):
+        if v is not None and not (isinstance(v, list) and all(m in ("text", "audio") for m in v)):
+            raise _fail(f'must be a list of "text" / "audio" (or null), got {_show(v)}')
+        return v
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, v):
+        if v is not None and not (
+            isinstance(v, dict)
+            and len(v) <= 16
+            and all(len(k) <= 64 and isinstance(x, str) and len(x) <= 512 for k, x in v.items())
+        ):
+            raise _fail(
+                "must be an object of at most 16 pairs, each a key of at most 64 characters -> a string of "
+                f"at most 512 (or null), got {_show(v)}"
+            )
+        return v
 
 
 BODIES: dict[str, type[_Body]] = {"completion": CompletionBody, "chat": ChatBody}
@@ -497,7 +607,7 @@ def _param(loc: tuple) -> str | None:
     return out or None
 
 
-def _allowed(name: str, info: SoupInfo) -> str:
+def _allowed(name: str, info: SoupInfo, kind: str = "completion") -> str:
     """What a field allows, in words (for the fields whose checks are pydantic's own)."""
     limits = {
         "gamma": f"a number in [0, {info.max_gamma:g}] (guidance strength γ; default {info.gamma:g})",
@@ -507,17 +617,44 @@ def _allowed(name: str, info: SoupInfo) -> str:
         "top_p": "a number in (0, 1]",
         "top_k": "an integer in [0, 1000000] (0: off)",
         "seed": "an integer",
-        "stream": "true or false",
-        "stream_options": 'an object such as {"include_usage": true}',
+        "stream": "true, false or null",
+        "stream_options": 'an object such as {"include_usage": true}, or null',
+        "include_usage": "true or false",
+        "include_obfuscation": "true or false",
         "messages": "a non-empty list of {role, content}",
         "role": f"one of {list(ROLES)}",
         "content": "a string (or a list of text parts)",
+        "name": "a string",
+        "model": f"a string: the served model, {info.model!r}",
+        "n": "an integer (only 1 is supported)",
+        "best_of": "an integer (only 1 is supported)",
+        "logprobs": (
+            "true, false or null (only false is supported)"
+            if kind == "chat"
+            else "an integer or null (not supported: leave it out)"
+        ),
+        "top_logprobs": "an integer or null (not supported: leave it out)",
+        "echo": "true, false or null (only false is supported)",
+        "suffix": "a string or null (not supported: leave it out)",
+        "tools": "a list (not supported: leave it out)",
+        "functions": "a list (not supported: leave it out)",
+        "presence_penalty": "a number or null (only 0 is supported)",
+        "audio": "an object or null (audio output is not supported: leave it out)",
+        "prediction": "an object or null (not supported: leave it out)",
+        "web_search_options": "an object (web search is not supported: leave it out)",
+        "store": "true, false or null",
+        "parallel_tool_calls": "true or false",
     }
     limits["max_completion_tokens"] = limits["max_tokens"]
+    limits["frequency_penalty"] = limits["presence_penalty"]
+    for k in ("user", "safety_identifier", "prompt_cache_key"):
+        limits[k] = "a string"
+    for k in ("service_tier", "reasoning_effort", "verbosity"):
+        limits[k] = "a string or null"
     return limits.get(name, "valid")
 
 
-def api_error(e: ValidationError, info: SoupInfo) -> APIError:
+def api_error(e: ValidationError, info: SoupInfo, kind: str = "completion") -> APIError:
     """The first problem of a body (in ``FIELD_ORDER``) as OpenAI's error: 400 naming the field, what it
     allows and what was given (404 for a model not served here)."""
     errors = e.errors(include_url=False)
@@ -533,8 +670,10 @@ def api_error(e: ValidationError, info: SoupInfo) -> APIError:
         return APIError(400, f"{param}: {err['msg']}", param)
     name = next(str(p) for p in reversed(loc) if isinstance(p, str))
     if kind == "missing":
-        return APIError(400, f"{param}: required: {_allowed(name, info)}", param)
-    return APIError(400, f"{param}: must be {_allowed(name, info)}, got {_show(err.get('input'))}", param)
+        return APIError(400, f"{param}: required: {_allowed(name, info, kind)}", param)
+    return APIError(
+        400, f"{param}: must be {_allowed(name, info, kind)}, got {_show(err.get('input'))}", param
+    )
 
 
 def parse_preference(value: Any, objectives: list[str]) -> Preference:
@@ -550,7 +689,7 @@ def parse_request(body: Any, kind: str, info: SoupInfo) -> GenerationRequest:
     try:
         b = BODIES[kind].model_validate(body, context={"info": info})
     except ValidationError as e:
-        raise api_error(e, info) from None
+        raise api_error(e, info, kind) from None
     given = b.model_fields_set
     max_tokens = b.max_completion_tokens if "max_completion_tokens" in given else b.max_tokens
     messages = [{"role": m.role, "content": m.content} for m in b.messages] if kind == "chat" else None
@@ -575,6 +714,6 @@ def parse_request(body: Any, kind: str, info: SoupInfo) -> GenerationRequest:
         top_k=default(b.top_k, 0),
         stop=b.stop,
         seed=default(b.seed, uuid.uuid4().int % (2**31)) % (2**63),
-        stream=b.stream,
+        stream=bool(b.stream),
         include_usage=bool(b.stream_options.include_usage) if b.stream_options else False,
     )
