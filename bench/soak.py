@@ -5,11 +5,8 @@ class and the replica's memory after warm-up and at the end.
     python bench/soak.py --soup ~/.cache/soupkitchen/runs/demo-compare-bone_soup/bundles/bone_soup
 
 It starts Ray, deploys the endpoint (``soupkitchen.serving.builder.build_app``) with one replica on
-127.0.0.1:``--port`` and keeps ``--concurrency`` clients busy. Each request is drawn as:
-
-  good        a completion or chat, its own random μ and mode, streamed or not, max_tokens in 4..32
-  bad         a body from a corpus of hostile inputs (malformed, deep nesting, NaN, surrogates, wrong types)
-  disconnect  a stream the client closes after its second chunk
+127.0.0.1:``--port`` and keeps ``--concurrency`` clients busy with the mixed load of
+``soupkitchen.serving.soak`` (good, hostile and abandoned requests).
 
 Warm-up (``--warmup`` s of the same load) comes first; the replica's resident memory (RSS of its process) is
 read after it and every 10 s of the soak. Reported: good requests by status (target: zero 5xx), bad ones by
@@ -22,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import aiohttp
-import numpy as np
 import psutil
 import ray
 import requests
@@ -40,25 +34,9 @@ from ray.util.state import list_actors
 from soupkitchen.benchmarks import random_soup
 from soupkitchen.serving import ServeOptions
 from soupkitchen.serving.builder import build_app
+from soupkitchen.serving.soak import load, verdict
 
 ROOT = Path(__file__).resolve().parents[1]  # the replicas' working_dir
-BAD = [  # (raw body, what it is); every one must be answered 4xx
-    (b'{"prompt": "x",', "malformed"),
-    (b"[" * 1500 + b"]" * 1500, "deep body"),
-    (b'{"prompt": "x", "preference": ' + b"[" * 40 + b"]" * 40 + b"}", "deep preference"),
-    (b'{"prompt": "x", "preference": [NaN, 1]}', "NaN weight"),
-    (b'{"prompt": "caf\\ud800"}', "lone surrogate"),
-    (b'{"prompt": "x", "prompt": "y"}', "repeated key"),
-    (b'{"prompt": "x", "gamma": 1e400}', "overflowing number"),
-    (b'{"prompt": "\xff\xfe"}', "invalid UTF-8"),
-    (b'{"prompt": "x", "max_tokens": "many"}', "string for an int"),
-    (b'{"prompt": "x", "stream": null, "temperature": [1]}', "list for a number"),
-    (b'{"messages": [{"role": "user", "content": {"a": 1}}]}', "object for content"),
-    (b'{"prompt": [1, 2, 3]}', "token ids"),
-    (b'"just a string"', "not an object"),
-    (b'{"prompt": "x", "preference": [-1, 2]}', "negative weight"),
-    (b'{"prompt": "x", "mode": "telepathy"}', "unknown mode"),
-]
 
 
 def replica_pid() -> int:
@@ -66,75 +44,6 @@ def replica_pid() -> int:
     alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
     (pid,) = [a.pid for a in alive if a.class_name.endswith("SoupModel")]
     return int(pid)
-
-
-def good_body(rng, objectives: list[str], modes: list[str]) -> dict:
-    mu = rng.dirichlet(np.ones(len(objectives))).tolist()
-    body = {
-        "preference": mu,
-        "mode": str(rng.choice(modes)),
-        "max_tokens": int(rng.integers(4, 33)),
-        "temperature": float(rng.choice([0.0, 0.8])),
-        "seed": int(rng.integers(0, 2**31)),
-        "stream": bool(rng.random() < 0.5),
-    }
-    if rng.random() < 0.5:
-        return body | {"prompt": f"Tell me about item {rng.integers(1000)}."}
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
-    return body | {"messages": chat}
-
-
-async def one(session, url: str, rng, objectives, modes, counts: Counter) -> None:
-    kind = rng.choice(["good", "bad", "disconnect"], p=[0.6, 0.25, 0.15])
-    if kind == "bad":
-        raw, _ = BAD[int(rng.integers(len(BAD)))]
-        headers = {"Content-Type": "application/json"}
-        async with session.post(f"{url}/v1/completions", data=raw, headers=headers) as r:
-            await r.read()
-            counts[f"bad {r.status // 100}xx"] += 1
-        return
-    body = good_body(rng, objectives, modes)
-    if kind == "disconnect":
-        body = {**body, "prompt": "Keep talking.", "stream": True, "max_tokens": 32}
-        body.pop("messages", None)
-    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-    async with session.post(f"{url}{path}", json=body) as r:
-        if not body["stream"]:
-            await r.read()
-            counts[f"good {r.status // 100}xx"] += 1
-            return
-        chunks, failed = 0, r.status != 200
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if line.startswith("data: {"):
-                chunks += 1
-                failed |= "error" in json.loads(line[6:])
-                if kind == "disconnect" and chunks >= 2:
-                    counts["disconnects"] += 1
-                    return  # leaving the block drops the connection mid-stream
-        counts[f"good {5 if failed and r.status == 200 else r.status // 100}xx"] += 1
-
-
-async def load(url: str, seconds: float, concurrency: int, seed: int, objectives, modes, counts, on_tick):
-    """``concurrency`` clients sending requests back to back for ``seconds``; ``on_tick`` every 10 s."""
-    end = time.perf_counter() + seconds
-    timeout = aiohttp.ClientTimeout(total=300)
-
-    async def client(i: int, session) -> None:
-        rng = np.random.default_rng([seed, i])
-        while time.perf_counter() < end:
-            try:
-                await one(session, url, rng, objectives, modes, counts)
-            except aiohttp.ClientError as e:  # a reset connection is an answer we did not get
-                counts[f"client error {type(e).__name__}"] += 1
-
-    async def ticks() -> None:
-        while time.perf_counter() < end:
-            await asyncio.sleep(min(10.0, max(end - time.perf_counter(), 0.0)))
-            on_tick()
-
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        await asyncio.gather(ticks(), *(client(i, session) for i in range(concurrency)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in info["modes"] if m in ("bone_soup", "rewarded_soups", "mage_i_m", "mod")]
     proc = psutil.Process(replica_pid())
     warm = Counter()
-    asyncio.run(load(url, a.warmup, a.concurrency, 0, objectives, modes, warm, lambda: None))
+    asyncio.run(load(url, a.warmup, a.concurrency, 0, objectives, modes, warm))
     base, samples, counts, t0 = _mib(proc), [], Counter(), time.perf_counter()
 
     def tick() -> None:
@@ -181,17 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.duration:.0f} s soak, modes {modes}"
     )
     print("answers: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    ratio = end / base
     top = max([*samples, end])
-    print(
-        f"replica RSS: after warm-up {base:.0f} MiB, end {end:.0f} MiB, max {top:.0f} MiB; "
-        f"end / warm-up {ratio:.3f} (bound {a.rss_bound:.2f})"
-    )
-    good_5xx = sum(v for k, v in counts.items() if k.startswith("good 5"))
-    bad_not_4xx = sum(v for k, v in counts.items() if k.startswith("bad") and not k.startswith("bad 4"))
-    ok = good_5xx == 0 and bad_not_4xx == 0 and ratio <= a.rss_bound
-    verdict = "PASS" if ok else "FAIL"
-    print(f"good 5xx {good_5xx} (target 0), bad answered other than 4xx {bad_not_4xx} (target 0): {verdict}")
+    print(f"replica RSS: after warm-up {base:.0f} MiB, end {end:.0f} MiB, max {top:.0f} MiB")
+    ok, line = verdict(counts, end / base, a.rss_bound)
+    print(line)
     serve.shutdown()
     ray.shutdown()
     tmp.cleanup()

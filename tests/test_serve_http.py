@@ -4,10 +4,13 @@ official openai client works (extra_body for μ), streaming equals the non-strea
 their 4xx in OpenAI's error shape while the server keeps answering, and concurrent requests with
 different μ / modes share a batch yet give exactly what each gives alone (greedy). Continuous batching:
 short requests sent while a long one streams are admitted into its running batch and answered before it
-ends, a client that disconnects frees its row, and a burst beyond the queue is answered 503."""
+ends, a client that disconnects frees its row, and a burst beyond the queue is answered 503. Faults and
+hostile clients: a killed replica fails its requests cleanly, half-open sockets and stalled bodies hold no
+capacity (408), a request past request_timeout_s gets 504, a short soak, and the keys never leak."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,12 +19,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
+from soupkitchen.serving import soak
 from tests.conftest import RAY_DASHBOARD_PORT, RAY_PORT, REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -450,6 +456,22 @@ def test_a_request_past_request_timeout_s_gets_504_and_leaves_the_queue(
         'soupkitchen_errors_total{type="timeout_error"} 2.0'
         in requests.get(f"{slow}/metrics", timeout=10).text
     )
+
+
+def test_a_short_soak_answers_every_good_request_and_holds_memory(endpoint, ray_head):
+    """30 s of the soak's mixed load (``soupkitchen.serving.soak``: good requests of every mode, streamed or
+    not, hostile bodies, abandoned streams) at concurrency 4 after a 10 s warm-up, against the one replica:
+    no good request gets a 5xx, every bad one a 4xx, and the replica's RSS ends within 1.10× of its RSS
+    after the warm-up. ``bench/soak.py`` runs the same load for 10 minutes."""
+    (pid,) = ray_head["actor_pids"](":default:SoupModel")
+    proc, objectives, modes = psutil.Process(pid), endpoint["objectives"], endpoint["modes"]
+    warm, counts, limit = Counter(), Counter(), {"headers": AUTH, "request_timeout_s": 30}
+    asyncio.run(soak.load(URL, 10, 4, 0, objectives, modes, warm, **limit))
+    base = proc.memory_info().rss
+    asyncio.run(soak.load(URL, 30, 4, 1, objectives, modes, counts, **limit))
+    ok, line = soak.verdict(counts, proc.memory_info().rss / base, 1.10)
+    assert ok and not any(k.startswith("client error") for k in warm), (line, counts, warm)
+    assert counts["good 2xx"] > 20 and counts["bad 4xx"] > 5 and counts["disconnects"] > 0, counts
 
 
 def test_api_keys_never_reach_logs_errors_or_metrics(endpoint, ray_head):

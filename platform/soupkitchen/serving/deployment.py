@@ -217,7 +217,9 @@ class OpenAIIngress:
             raw = await asyncio.wait_for(request.body(), self.options.body_timeout_s)
         except TimeoutError:
             wait = self.options.body_timeout_s
-            raise APIError(408, f"the request body did not arrive within {wait:g} s", None, "timeout_error")
+            raise APIError(
+                408, f"the request body did not arrive within {wait:g} s", None, "timeout_error"
+            ) from None
         if len(raw) > limit:
             raise APIError(413, f"request body is {len(raw)} bytes; the limit is {limit}", None)
         return parse_json(raw)
