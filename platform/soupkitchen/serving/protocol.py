@@ -305,6 +305,17 @@ def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _nullable(ok, allowed: str):
+    """A before-validator: null passes; a value ``ok`` rejects is refused, saying what is ``allowed``."""
+
+    def check(cls, v):
+        if v is not None and not ok(v):
+            raise _fail(f"must be {allowed}, got {_show(v)}")
+        return v
+
+    return classmethod(check)
+
+
 class _Body(BaseModel):
     """The fields both endpoints share. Every OpenAI field is type-checked as the API reference documents it,
     even where it is ignored; those in ``UNSUPPORTED`` are refused unless they hold a "not used" value.
@@ -363,14 +374,12 @@ class _Body(BaseModel):
             raise _fail(f"must be one of {words} or an object naming a function, got {_show(v)}")
         return v
 
-    @field_validator("logit_bias", mode="before")
-    @classmethod
-    def _logit_bias(cls, v):
-        if v is not None and not (
-            isinstance(v, dict) and all(_int(x) and -100 <= x <= 100 for x in v.values())
-        ):
-            raise _fail(f"must be an object mapping token ids to integers in [-100, 100], got {_show(v)}")
-        return v
+    _logit_bias = field_validator("logit_bias", mode="before")(
+        _nullable(
+            lambda v: isinstance(v, dict) and all(_int(x) and -100 <= x <= 100 for x in v.values()),
+            "an object mapping token ids to integers in [-100, 100]",
+        )
+    )
 
     @field_validator(*UNSUPPORTED, check_fields=False)
     @classmethod
@@ -493,26 +502,23 @@ class ChatBody(_Body):
             raise _fail(f'must be an object {{"type": one of {kinds}, ...}}, got {_show(v)}')
         return v
 
-    @field_validator("modalities", mode="before")
-    @classmethod
-    def _modalities(cls, v):
-        if v is not None and not (isinstance(v, list) and all(m in ("text", "audio") for m in v)):
-            raise _fail(f'must be a list of "text" / "audio" (or null), got {_show(v)}')
-        return v
-
-    @field_validator("metadata", mode="before")
-    @classmethod
-    def _metadata(cls, v):
-        if v is not None and not (
-            isinstance(v, dict)
-            and len(v) <= 16
-            and all(len(k) <= 64 and isinstance(x, str) and len(x) <= 512 for k, x in v.items())
-        ):
-            raise _fail(
-                "must be an object of at most 16 pairs, each a key of at most 64 characters -> a string of "
-                f"at most 512 (or null), got {_show(v)}"
-            )
-        return v
+    _modalities = field_validator("modalities", mode="before")(
+        _nullable(
+            lambda v: isinstance(v, list) and all(m in ("text", "audio") for m in v),
+            'a list of "text" / "audio" (or null)',
+        )
+    )
+    _metadata = field_validator("metadata", mode="before")(
+        _nullable(
+            lambda v: (
+                isinstance(v, dict)
+                and len(v) <= 16
+                and all(len(k) <= 64 and isinstance(x, str) and len(x) <= 512 for k, x in v.items())
+            ),
+            "an object of at most 16 pairs, each a key of at most 64 characters -> a string of at most 512 "
+            "(or null)",
+        )
+    )
 
 
 BODIES: dict[str, type[_Body]] = {"completion": CompletionBody, "chat": ChatBody}
