@@ -169,10 +169,7 @@ class RunLogger:
         self._retry_at, self._backoff = 0.0, 1.0
         self.undelivered: dict = {}
         self.spool = data_dir() / "spool" / self.key
-        recipe_file = self._spool_dir() / "recipe.yaml"
-        recipe_file.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-        self.uploads.append(_Upload(recipe_file, None))
-        self.flush()
+        self.log_text("recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
 
     def _create_run(self) -> None:
         """Find (by key) or create the run, then link it to its parent if the parent exists yet."""
@@ -217,6 +214,13 @@ class RunLogger:
         staged = self._spool_dir() / Path(path).name
         shutil.copy2(path, staged)
         self.uploads.append(_Upload(staged, artifact_path))
+        self.flush()
+
+    def log_text(self, name: str, text: str) -> None:
+        """``text`` as the artifact file ``name``, written to the spool and sent through the outbox."""
+        staged = self._spool_dir() / name
+        staged.write_text(text)
+        self.uploads.append(_Upload(staged, None))
         self.flush()
 
     def _spool_dir(self) -> Path:
@@ -384,7 +388,4 @@ class BackboneLogger(RunLogger):
 
     def log_normalizer(self, state: dict) -> None:
         """The backbone's reward normaliser state, through the outbox like everything else."""
-        f = self._spool_dir() / "reward_normalizer.json"
-        f.write_text(json.dumps(state, indent=1))
-        self.uploads.append(_Upload(f, None))
-        self.flush()
+        self.log_text("reward_normalizer.json", json.dumps(state, indent=1))

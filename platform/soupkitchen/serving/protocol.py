@@ -464,7 +464,7 @@ class CompletionBody(_Body):
     def _prompt(cls, v):
         if isinstance(v, list) and len(v) == 1:
             v = v[0]
-        if isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        if isinstance(v, list) and v and all(_int(x) for x in v):
             raise _fail("token-id prompts are not supported: send the prompt as text")
         if isinstance(v, list) and all(isinstance(x, (str, list)) for x in v) and len(v) > 1:
             raise _fail(f"a list of {len(v)} prompts: send one prompt per request (as a string)")
